@@ -1,0 +1,8 @@
+"""kanvision: KAN channel mixers for timm vision models.
+
+Importing the package registers the model zoo with timm, so `timm.create_model("kan_...")` works.
+"""
+__version__ = "0.1.0"
+
+from . import layers, models  # noqa: F401  (models: registers the zoo with timm)
+from .layers import BSplineKAN, KanMlp, RSWAFKAN, kan_mlp_layer  # noqa: F401

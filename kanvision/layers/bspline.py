@@ -1,0 +1,231 @@
+"""B-spline KAN layer in the efficient-kan parameterization.
+
+    y_o = sum_i  w_b[o, i] * act(x_i)  +  sum_i s[o, i] * sum_m c[o, i, m] * B_m(x_i)
+
+`act` is SiLU by default, B_m are the order-k B-spline bases on a per-input knot vector (`grid`), `s` is
+the optional standalone spline scaler. With the scaler that is grid_size + spline_order + 2 trainable
+numbers per edge (10 for the defaults). References: Liu et al., "KAN: Kolmogorov-Arnold Networks"
+(arXiv:2404.19756); efficient-kan (Blealtan) for the parameterization, defaults and state-dict keys.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["BSplineKAN", "b_spline_basis", "uniform_knots"]
+
+
+def uniform_knots(in_features: int, grid_size: int, spline_order: int, grid_range: Sequence[float],
+                  dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
+    """Knot vector per input: grid_size intervals on grid_range, extended by spline_order steps each side."""
+    lo, hi = float(grid_range[0]), float(grid_range[1])
+    h = (hi - lo) / grid_size
+    # Built in float64 then cast, so the knots are the same whatever the layer's dtype.
+    steps = torch.arange(-spline_order, grid_size + spline_order + 1, dtype=torch.float64)
+    knots = (steps * h + lo).to(dtype=dtype or torch.get_default_dtype(), device=device)
+    return knots.expand(in_features, -1).contiguous()
+
+
+def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    # Repeated knots give 0/0 terms; the B-spline convention is that such a term is zero.
+    zero = den == 0
+    return torch.where(zero, torch.zeros_like(num), num / torch.where(zero, torch.ones_like(den), den))
+
+
+def b_spline_basis(x: torch.Tensor, grid: torch.Tensor, spline_order: int) -> torch.Tensor:
+    """Cox-de Boor recursion over all bases: reference path, valid for any non-decreasing knots.
+
+    x: (N, in), grid: (in, K) knots -> (N, in, K - 1 - spline_order). Half-open intervals, so every basis is
+    zero outside [grid[:, 0], grid[:, -1]) and the bases sum to one on the interior range.
+    """
+    x = x.unsqueeze(-1)
+    bases = ((x >= grid[:, :-1]) & (x < grid[:, 1:])).to(x.dtype)
+    for k in range(1, spline_order + 1):
+        left = _safe_div(x - grid[:, : -(k + 1)], grid[:, k:-1] - grid[:, : -(k + 1)])
+        right = _safe_div(grid[:, k + 1:] - x, grid[:, k + 1:] - grid[:, 1:-k])
+        bases = left * bases[..., :-1] + right * bases[..., 1:]
+    return bases
+
+
+class BSplineKAN(nn.Module):
+    """KAN layer with a SiLU base branch and per-edge B-spline functions (efficient-kan's KANLinear).
+
+    State-dict keys match efficient-kan: `base_weight` (out, in), `spline_weight` (out, in, G + k),
+    `spline_scaler` (out, in) when enabled, buffer `grid` (in, G + 2k + 1). Accepts inputs of shape
+    (..., in_features). Non-finite inputs are not hidden: they propagate through the base branch, so the
+    outputs of that sample are NaN/inf (as with nn.Linear), and other samples are unaffected.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        grid_size: int = 5,
+        spline_order: int = 3,
+        scale_noise: float = 0.1,
+        scale_base: float = 1.0,
+        scale_spline: float = 1.0,
+        enable_standalone_scale_spline: bool = True,
+        base_activation: type[nn.Module] = nn.SiLU,
+        grid_eps: float = 0.02,
+        grid_range: Sequence[float] = (-1, 1),
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        if int(in_features) < 1 or int(out_features) < 1:
+            raise ValueError(f"BSplineKAN: in_features and out_features must be >= 1, got {in_features}, {out_features}")
+        if int(grid_size) < 1:
+            raise ValueError(f"BSplineKAN: grid_size must be >= 1, got {grid_size}")
+        if int(spline_order) < 1:
+            raise ValueError(f"BSplineKAN: spline_order must be >= 1, got {spline_order} (order 0 is piecewise constant and has no gradient in x)")
+        if len(grid_range) != 2 or not float(grid_range[0]) < float(grid_range[1]):
+            raise ValueError(f"BSplineKAN: grid_range must be (lo, hi) with lo < hi, got {tuple(grid_range)}")
+        if not 0.0 <= float(grid_eps) <= 1.0:
+            raise ValueError(f"BSplineKAN: grid_eps must be in [0, 1], got {grid_eps}")
+        factory = dict(device=device, dtype=dtype)
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.grid_size, self.spline_order = int(grid_size), int(spline_order)
+        self.scale_noise, self.scale_base, self.scale_spline = scale_noise, scale_base, scale_spline
+        self.enable_standalone_scale_spline = enable_standalone_scale_spline
+        self.grid_eps = grid_eps
+        self.grid_range = (float(grid_range[0]), float(grid_range[1]))
+
+        self.register_buffer("grid", uniform_knots(self.in_features, self.grid_size, self.spline_order,
+                                                   self.grid_range, **factory))
+        self.base_weight = nn.Parameter(torch.empty(self.out_features, self.in_features, **factory))
+        self.spline_weight = nn.Parameter(
+            torch.empty(self.out_features, self.in_features, self.grid_size + self.spline_order, **factory))
+        if enable_standalone_scale_spline:
+            self.spline_scaler = nn.Parameter(torch.empty(self.out_features, self.in_features, **factory))
+        self.base_activation = base_activation()
+        self.reset_parameters()
+
+    @property
+    def num_bases(self) -> int:
+        return self.grid_size + self.spline_order
+
+    def reset_parameters(self) -> None:
+        """efficient-kan's init: kaiming-uniform base weight and scaler; spline fitted to small noise."""
+        if self.base_weight.is_meta:  # shape-only construction (parameter counting): nothing to fill
+            return
+        nn.init.kaiming_uniform_(self.base_weight, a=math.sqrt(5) * self.scale_base)
+        with torch.no_grad():
+            # Noise drawn on the CPU generator so a seed gives the same layer on every device.
+            noise = (torch.rand(self.grid_size + 1, self.in_features, self.out_features, dtype=torch.float64)
+                     - 0.5) * self.scale_noise / self.grid_size
+            knots = self.grid.detach().to("cpu", torch.float64)
+            points = knots.T[self.spline_order:-self.spline_order]
+            coeff = self._fit_coefficients(points, noise, knots)
+            if not self.enable_standalone_scale_spline:
+                coeff = coeff * self.scale_spline
+            self.spline_weight.copy_(coeff)
+            if self.enable_standalone_scale_spline:
+                nn.init.kaiming_uniform_(self.spline_scaler, a=math.sqrt(5) * self.scale_spline)
+
+    def _fit_coefficients(self, x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        """Least-squares coefficients (out, in, G + k) with sum_m c[o,i,m] B_m(x[:, i]) ~= y[:, i, o].
+
+        Solved on the CPU in float64 with the minimum-norm driver: CUDA's lstsq supports only full-rank
+        tall systems, and the init system (G + 1 points, G + k unknowns) is underdetermined.
+        """
+        x, y, grid = (t.detach().to("cpu", torch.float64) for t in (x, y, grid))
+        A = b_spline_basis(x, grid, self.spline_order).transpose(0, 1)  # (in, N, G + k)
+        B = y.transpose(0, 1)  # (in, N, out)
+        solution = torch.linalg.lstsq(A, B, driver="gelsd").solution  # (in, G + k, out)
+        return solution.permute(2, 0, 1).to(self.spline_weight.device, self.spline_weight.dtype)
+
+    @property
+    def scaled_spline_weight(self) -> torch.Tensor:
+        if self.enable_standalone_scale_spline:
+            return self.spline_weight * self.spline_scaler.unsqueeze(-1)
+        return self.spline_weight
+
+    def b_splines(self, x: torch.Tensor) -> torch.Tensor:
+        """Bases (N, in, G + k) of x (N, in) on the current grid (reference Cox-de Boor path)."""
+        if x.dim() != 2 or x.size(1) != self.in_features:
+            raise ValueError(f"BSplineKAN.b_splines: expected x of shape (N, {self.in_features}), got {tuple(x.shape)}")
+        return b_spline_basis(x, self.grid, self.spline_order)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() == 0 or x.size(-1) != self.in_features:
+            raise ValueError(
+                f"BSplineKAN: expected input of shape (..., {self.in_features}), got {tuple(x.shape)}; "
+                "for channels-first (B, C, H, W) tensors wrap the layer in kanvision.layers.ChannelsFirst")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        lead = x.shape[:-1]
+        x = x.reshape(-1, self.in_features)
+        base = F.linear(self.base_activation(x), self.base_weight)
+        spline = F.linear(self.b_splines(x).reshape(x.size(0), -1),
+                          self.scaled_spline_weight.reshape(self.out_features, -1))
+        return (base + spline).reshape(*lead, self.out_features)
+
+    def spline_output(self, x: torch.Tensor) -> torch.Tensor:
+        """The spline branch alone, (N, out): what update_grid must preserve."""
+        x = x.reshape(-1, self.in_features)
+        return F.linear(self.b_splines(x).reshape(x.size(0), -1),
+                        self.scaled_spline_weight.reshape(self.out_features, -1))
+
+    @torch.no_grad()
+    def update_grid(self, x: torch.Tensor, margin: float = 0.01) -> None:
+        """Fit the grid to the distribution of x and refit the splines so the function barely changes.
+
+        New knots: a grid_eps mix of uniform knots over [min - margin, max + margin] and sample quantiles
+        (KAN paper, sec. 2.5). The coefficients are refit by least squares to each edge's *unscaled*
+        spline values, so that applying `spline_scaler` afterwards reproduces the old function. (The
+        published efficient-kan refits the scaled values and then scales again, shrinking the spline part.)
+        """
+        self._check_input(x)
+        x = x.reshape(-1, self.in_features)
+        if not torch.isfinite(x).all():
+            raise ValueError("BSplineKAN.update_grid: the batch contains NaN or inf; the grid was left unchanged")
+        n = x.size(0)
+        if n < 2:
+            raise ValueError(f"BSplineKAN.update_grid: needs at least 2 samples, got {n}")
+        bases = self.b_splines(x).permute(1, 0, 2)  # (in, N, G + k)
+        per_edge = torch.bmm(bases, self.spline_weight.permute(1, 2, 0))  # (in, N, out), unscaled
+
+        x_sorted = torch.sort(x, dim=0).values
+        idx = torch.linspace(0, n - 1, self.grid_size + 1, device=x.device).round().long()
+        grid_adaptive = x_sorted[idx]
+        uniform_step = (x_sorted[-1] - x_sorted[0] + 2 * margin) / self.grid_size
+        steps = torch.arange(self.grid_size + 1, dtype=x.dtype, device=x.device).unsqueeze(1)
+        grid_uniform = steps * uniform_step + x_sorted[0] - margin
+        grid = self.grid_eps * grid_uniform + (1 - self.grid_eps) * grid_adaptive
+        k = torch.arange(1, self.spline_order + 1, dtype=x.dtype, device=x.device).unsqueeze(1)
+        grid = torch.cat([grid[:1] - uniform_step * k.flip(0), grid, grid[-1:] + uniform_step * k], dim=0)
+        new_grid = grid.T.to(self.grid.dtype)
+
+        coeff = self._fit_coefficients(x, per_edge.transpose(0, 1), new_grid)
+        self.grid.copy_(new_grid)
+        self.spline_weight.copy_(coeff)
+
+    def regularization_loss(self, x: torch.Tensor | None = None, regularize_activation: float = 1.0,
+                            regularize_entropy: float = 1.0) -> torch.Tensor:
+        """KAN-paper sparsity regularizer: L1 of per-edge mean |activation| plus the entropy of its share.
+
+        With `x`, the activations are the true per-edge spline outputs on that batch (KAN paper eq. 2.17-2.19,
+        costs an (N, in, out) tensor). Without it, efficient-kan's cheap proxy: mean |coefficient| per edge.
+        """
+        if x is None:
+            l1 = self.spline_weight.abs().mean(-1)
+        else:
+            self._check_input(x)
+            x = x.reshape(-1, self.in_features)
+            phi = torch.einsum("nim,oim->nio", self.b_splines(x), self.scaled_spline_weight)
+            l1 = phi.abs().mean(0).T  # (out, in)
+        total = l1.sum()
+        p = l1 / total.clamp_min(torch.finfo(l1.dtype).tiny)
+        entropy = -torch.sum(p * torch.log(p.clamp_min(torch.finfo(p.dtype).tiny)))
+        return regularize_activation * total + regularize_entropy * entropy
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, grid_size={self.grid_size}, "
+                f"spline_order={self.spline_order}, grid_range={self.grid_range}, "
+                f"standalone_scale_spline={self.enable_standalone_scale_spline}")

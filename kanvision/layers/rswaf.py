@@ -1,0 +1,109 @@
+"""RSWAF KAN layer (reflectional switch activation functions), as the Vision-KAN paper ran it.
+
+    y = W . flatten_j( b_j(LayerNorm(x)) ),   b_j(u) = 1 - tanh((u - u_j) / h)^2
+
+with num_grids centres u_j evenly on [grid_min, grid_max] and width h (`denominator`). No base branch,
+no bias: 2*in + num_grids*in*out trainable parameters. References: faster-kan (Athanasios Delis) for the
+basis; Vision-KAN (Chen et al.) for LayerNorm -> basis -> xavier-initialised linear and the defaults
+(8 centres on [-2, 2], h = 0.33). Unlike the current faster-kan, h is used in the forward pass too, so
+the analytic gradient is the gradient of the function that is computed.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["RSWAFBasis", "RSWAFKAN", "rswaf_basis"]
+
+
+def rswaf_basis(u: torch.Tensor, centres: torch.Tensor, denominator: torch.Tensor | float) -> torch.Tensor:
+    """b_j(u) = 1 - tanh((u - c_j) / h)^2 for every centre: (...,) -> (..., num_centres)."""
+    t = torch.tanh((u.unsqueeze(-1) - centres) / denominator)
+    return 1 - t * t
+
+
+class RSWAFBasis(nn.Module):
+    """The basis with its centres (`grid`) and width; each a buffer unless made trainable."""
+
+    def __init__(self, grid_min: float = -2.0, grid_max: float = 2.0, num_grids: int = 8,
+                 denominator: float = 0.33, train_grid: bool = False, train_denominator: bool = False,
+                 device=None, dtype=None):
+        super().__init__()
+        if int(num_grids) < 1:
+            raise ValueError(f"RSWAFKAN: num_grids must be >= 1, got {num_grids}")
+        if not float(grid_min) < float(grid_max) and int(num_grids) > 1:
+            raise ValueError(f"RSWAFKAN: need grid_min < grid_max, got {grid_min}, {grid_max}")
+        if not float(denominator) > 0:
+            raise ValueError(f"RSWAFKAN: denominator (h) must be > 0, got {denominator}")
+        factory = dict(device=device, dtype=dtype)
+        grid = torch.linspace(float(grid_min), float(grid_max), int(num_grids), **factory)
+        h = torch.tensor(float(denominator), **factory)
+        if train_grid:
+            self.grid = nn.Parameter(grid)
+        else:
+            self.register_buffer("grid", grid)
+        if train_denominator:
+            self.denominator = nn.Parameter(h)
+        else:
+            # A constructor argument, so not persisted: reference state dicts have no such key.
+            self.register_buffer("denominator", h, persistent=False)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return rswaf_basis(u, self.grid, self.denominator)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # faster-kan / Vision-KAN store 1/h as `inv_denominator`; read it as the h it stands for.
+        inv = state_dict.pop(prefix + "inv_denominator", None)
+        if inv is not None:
+            key = prefix + "denominator"
+            if isinstance(self.denominator, nn.Parameter):
+                state_dict.setdefault(key, 1.0 / inv)
+            else:
+                with torch.no_grad():
+                    self.denominator.copy_(1.0 / inv)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class RSWAFKAN(nn.Module):
+    """LayerNorm(in) -> RSWAF basis (in x num_grids) -> Linear(in*num_grids -> out, no bias).
+
+    State-dict keys match Vision-KAN's FasterKANLayer: `layernorm.weight`, `layernorm.bias`,
+    `spline_linear.weight` (out, in*num_grids; column i*num_grids + j is input i, centre j), `rbf.grid`.
+    Non-finite inputs propagate through the LayerNorm to every output of that sample (NaN), never hidden.
+    """
+
+    def __init__(self, in_features: int, out_features: int, grid_min: float = -2.0, grid_max: float = 2.0,
+                 num_grids: int = 8, denominator: float = 0.33, train_grid: bool = False,
+                 train_denominator: bool = False, device=None, dtype=None):
+        super().__init__()
+        if int(in_features) < 1 or int(out_features) < 1:
+            raise ValueError(f"RSWAFKAN: in_features and out_features must be >= 1, got {in_features}, {out_features}")
+        factory = dict(device=device, dtype=dtype)
+        self.in_features, self.out_features, self.num_grids = int(in_features), int(out_features), int(num_grids)
+        self.layernorm = nn.LayerNorm(self.in_features, **factory)
+        self.rbf = RSWAFBasis(grid_min, grid_max, num_grids, denominator, train_grid, train_denominator, **factory)
+        self.spline_linear = nn.Linear(self.in_features * self.num_grids, self.out_features, bias=False, **factory)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.layernorm.reset_parameters()
+        if not self.spline_linear.weight.is_meta:
+            nn.init.xavier_uniform_(self.spline_linear.weight)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() == 0 or x.size(-1) != self.in_features:
+            raise ValueError(
+                f"RSWAFKAN: expected input of shape (..., {self.in_features}), got {tuple(x.shape)}; "
+                "for channels-first (B, C, H, W) tensors wrap the layer in kanvision.layers.ChannelsFirst")
+
+    def basis(self, x: torch.Tensor) -> torch.Tensor:
+        """Flattened basis (..., in*num_grids) of the normalised input."""
+        b = self.rbf(self.layernorm(x))
+        return b.reshape(*x.shape[:-1], self.in_features * self.num_grids)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        return self.spline_linear(self.basis(x))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, num_grids={self.num_grids}"
