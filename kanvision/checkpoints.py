@@ -165,7 +165,7 @@ def build_config(meta: dict[str, Any], sha256: str | None = None) -> dict[str, A
     record = {k: meta.get(k) for k in ("model", "kan", "kan_hidden", "kan_kwargs", "num_classes", "model_kwargs",
                                        "dataset", "class_names", "mean", "std", "img_size", "metrics", "source")}
     record["sha256"] = sha256
-    record["versions"] = {pkg: _version(pkg) for pkg in ("kanvision", "timm", "torch")}
+    record["versions"] = {"kanvision": _version("kanvision"), "timm": timm.__version__, "torch": torch.__version__}
     return {"architecture": name, "num_classes": meta["num_classes"], "pretrained_cfg": pretrained_cfg,
             "model_args": _model_args(meta), "kanvision": record}
 
