@@ -310,6 +310,11 @@ def export(run_or_ckpt: str | os.PathLike, out: str | os.PathLike, force: bool =
     ckpt_path, why = find_run_checkpoint(run_or_ckpt)
     state_dict, meta = _read_ckpt(ckpt_path)
     config = build_config(meta)  # validates the architecture name before anything is written
+    try:
+        json.dumps(config)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{ckpt_path}: its 'kanvision' record does not fit in config.json ({e}); "
+                              "kan_kwargs/model_kwargs must be plain numbers, strings, lists and dicts") from None
     import timm
     check_state_dict(timm.create_model(config["architecture"], **config["model_args"]), state_dict, str(ckpt_path))
     # clone: safetensors refuses shared storage (tied weights) and needs contiguous tensors

@@ -168,6 +168,10 @@ def test_truncated_or_foreign_ckpt(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
     with pytest.raises(CheckpointError, match=r"foreign\.ckpt: no 'kanvision' record"):
         C.export(tmp_path / "foreign.ckpt", tmp_path / "exp")
+    make_ckpt(tmp_path / "obj.ckpt", model_kwargs={"act_layer": nn.GELU})
+    with pytest.raises(CheckpointError, match=r"obj\.ckpt: its 'kanvision' record does not fit in config.json"):
+        C.export(tmp_path / "obj.ckpt", tmp_path / "exp")
+    assert not (tmp_path / "exp").exists()
     with pytest.raises(CheckpointError, match="no such file"):
         C.load_pretrained(tmp_path / "nothing")
     with pytest.raises(CheckpointError, match="model.safetensors: missing; an export directory holds"):
