@@ -215,3 +215,30 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     make_ckpt(tmp_path / "a.ckpt")
     assert main(["export", str(tmp_path / "a.ckpt"), "--out", str(tmp_path / "o")]) == 0
     assert "sha256" in capsys.readouterr().out
+
+
+ZOO = "kan_mixer_tiny_p4_32"
+
+
+@pytest.mark.skipif(not timm.is_model(ZOO), reason=f"{ZOO} not registered (model zoo not merged)")
+def test_zoo_model_round_trip_and_kan_kind_mismatch(tmp_path):
+    torch.manual_seed(0)
+    model = timm.create_model(ZOO, kan="bspline", num_classes=3).eval()
+    meta = dict(model=ZOO, kan="bspline", kan_hidden=None, kan_kwargs=None, num_classes=3, model_kwargs={},
+                dataset="synthetic", class_names=CLASSES, mean=[0.5] * 3, std=[0.25] * 3, img_size=32, metrics={})
+    torch.save({"state_dict": {"model." + k: v for k, v in model.state_dict().items()}, "kanvision": meta},
+               tmp_path / "zoo.ckpt")
+    out = tmp_path / "exp"
+    C.export(tmp_path / "zoo.ckpt", out)
+    assert json.loads((out / "config.json").read_text())["model_args"]["kan"] == "bspline"
+    assert same_outputs(model, C.load_pretrained(out))
+    assert same_outputs(model, timm.create_model(f"local-dir:{out}", pretrained=True))
+    assert same_outputs(model, timm.create_model(ZOO, pretrained=True, kan="bspline", num_classes=3,
+                                                 pretrained_cfg_overlay=dict(file=str(out / "model.safetensors"),
+                                                                             num_classes=3)))
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["model_args"]["kan"] = "rswaf"
+    (out / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"expected kan='rswaf' weights \(spline_linear.weight keys\) but "
+                                              r"file has kan='bspline' weights: was it exported with kan='bspline'"):
+        C.load_pretrained(out)
