@@ -4,7 +4,7 @@ Checkpoints are built here in the format kanvision's training writes (Lightning 
 `model.` keys + `checkpoint["kanvision"]`), from a tiny timm model with synthetic weights.
 """
 import json
-import os
+from pathlib import Path
 
 import pytest
 import timm
@@ -242,3 +242,42 @@ def test_zoo_model_round_trip_and_kan_kind_mismatch(tmp_path):
     with pytest.raises(CheckpointError, match=r"expected kan='rswaf' weights \(spline_linear.weight keys\) but "
                                               r"file has kan='bspline' weights: was it exported with kan='bspline'"):
         C.load_pretrained(out)
+
+
+def test_real_lightning_run_dir(tmp_path):
+    """A run written by Lightning's Trainer + ModelCheckpoint: export takes the recorded best checkpoint."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class Tiny(L.LightningModule):  # the shape of kanvision's ImageClassifier: network at self.model
+        def __init__(self):
+            super().__init__()
+            self.model = timm.create_model("test_resnet", num_classes=3)
+
+        def training_step(self, batch, _):
+            return nn.functional.cross_entropy(self.model(batch[0]), batch[1])
+
+        def validation_step(self, batch, _):
+            # a loss that is lowest at epoch 0, so "best" differs from "last"
+            self.log("val_loss", 2.0 * self.current_epoch - 1.0)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        def on_save_checkpoint(self, checkpoint):
+            checkpoint["kanvision"] = dict(model="test_resnet", num_classes=3, mean=[0.5] * 3, std=[0.5] * 3,
+                                           img_size=32, class_names=CLASSES, dataset="synthetic", metrics={})
+
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 3, (8,), generator=g))
+    loader = torch.utils.data.DataLoader(data, batch_size=4)
+    ckpt_cb = ModelCheckpoint(dirpath=tmp_path / "run" / "checkpoints", monitor="val_loss", save_last=True)
+    trainer = L.Trainer(max_epochs=2, callbacks=[ckpt_cb], logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path)
+    trainer.fit(Tiny(), loader, loader)
+    path, why = C.find_run_checkpoint(tmp_path / "run")
+    assert path == Path(ckpt_cb.best_model_path) and path.name.startswith("epoch=0") and "best" in why
+    C.export(tmp_path / "run", tmp_path / "exp")
+    best = torch.load(path, weights_only=False)["state_dict"]
+    loaded = C.load_pretrained(tmp_path / "exp")
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in C.strip_prefixes(best).items())
