@@ -1,0 +1,121 @@
+"""Peak memory of one training step, measured, beside the limitations paper's analytic KAN estimate.
+
+Measurement:
+- CUDA: `torch.cuda.max_memory_allocated` over forward + backward + optimizer step, minus the memory
+  allocated before the step (the allocator's real peak).
+- CPU (no allocator statistics): saved-tensor accounting. A `saved_tensors_hooks` pair records every
+  tensor autograd keeps for backward, de-duplicated by storage; the reported number is
+  parameters + gradients + saved activations (bytes). It is a measured lower bound on the step's peak:
+  transient workspace freed inside an op is not seen. The method is returned with every result.
+
+Analytic estimate (per KAN layer with I inputs, B rows, grid size G, spline order S): forward keeps
+I(1+G+S)B elements, backward needs I(G+S-1)B more; both in elements, converted to bytes with the
+parameter dtype's size. RSWAF layers are estimated with G = num_grids, S = 0 (one basis value per
+centre, no recursion). This is the paper's counting, not a property of our implementation.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["kan_layer_estimate", "analytic_estimate", "measure_step", "memory_sweep"]
+
+
+def kan_layer_estimate(in_features: int, rows: int, grid_size: int, spline_order: int) -> dict[str, int]:
+    """Extra elements of one KAN layer: forward I(1+G+S)B, backward I(G+S-1)B."""
+    I, B, G, S = in_features, rows, grid_size, spline_order
+    return {"forward": I * (1 + G + S) * B, "backward": I * (G + S - 1) * B}
+
+
+def _kan_layers(model: nn.Module):
+    from kanvision.layers import BSplineKAN, RSWAFKAN
+    for name, m in model.named_modules():
+        if isinstance(m, BSplineKAN):
+            yield name, m, m.grid_size, m.spline_order
+        elif isinstance(m, RSWAFKAN):
+            yield name, m, m.num_grids, 0
+
+
+def analytic_estimate(model: nn.Module, example: torch.Tensor, batch_size: int) -> dict[str, float]:
+    """Sum of the per-layer estimate over every KAN layer (bytes), rows per image found by a forward hook."""
+    rows, hooks = {}, []
+    layers = list(_kan_layers(model))
+    for name, m, _, _ in layers:
+        hooks.append(m.register_forward_hook(
+            lambda mod, inp, out, name=name: rows.__setitem__(name, inp[0].numel() // inp[0].shape[-1])))
+    try:
+        with torch.no_grad():
+            model(example[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    elem = next(model.parameters()).element_size()
+    fwd = bwd = params = 0
+    for name, m, G, S in layers:
+        est = kan_layer_estimate(m.in_features, rows.get(name, 0) * batch_size, G, S)
+        fwd, bwd = fwd + est["forward"], bwd + est["backward"]
+        params += sum(p.numel() for p in m.parameters())
+    return {"forward_bytes": fwd * elem, "backward_bytes": bwd * elem, "kan_param_bytes": params * elem,
+            "kan_layers": len(layers)}
+
+
+def measure_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 loss_fn: Callable = F.cross_entropy) -> dict[str, float | str]:
+    """Bytes of one SGD training step (see the module docstring for the method per device)."""
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: measure without changing the weights
+    opt.zero_grad(set_to_none=True)
+    if x.is_cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        loss_fn(model(x), y).backward()
+        opt.step()
+        torch.cuda.synchronize()
+        return {"bytes": torch.cuda.max_memory_allocated() - base, "method": "cuda.max_memory_allocated"}
+    seen: dict[int, int] = {}
+    param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in param_ptrs:
+            seen[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = loss_fn(model(x), y)
+    loss.backward()
+    opt.step()
+    pbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    return {"bytes": 2 * pbytes + sum(seen.values()), "activation_bytes": sum(seen.values()),
+            "method": "cpu saved-tensor accounting: params + grads + tensors saved for backward (lower bound)"}
+
+
+def memory_sweep(build: Callable[[], nn.Module], batch_sizes, input_shape, num_classes: int,
+                 device="cpu", cap_bytes: float | None = None) -> list[dict]:
+    """One row per batch size; OOM (real, or above `cap_bytes` on CPU) is a row with bytes=None."""
+    rows, over = [], False
+    for bs in sorted(batch_sizes):
+        row = {"batch_size": bs}
+        if over:  # a smaller batch already exceeded the cap: larger ones would too
+            rows.append(dict(row, bytes=None, oom="skipped: smaller batch over the cap"))
+            continue
+        model = build().to(device)
+        x = torch.randn(bs, *input_shape, device=device)
+        y = torch.randint(0, num_classes, (bs,), device=device)
+        try:
+            row.update(measure_step(model, x, y))
+        except torch.OutOfMemoryError as e:
+            row.update(bytes=None, oom=f"out of memory: {str(e).splitlines()[0]}")
+        row.update({f"estimate_{k}": v for k, v in analytic_estimate(model, x, bs).items()})
+        if row.get("bytes") is not None and cap_bytes is not None and row["bytes"] > cap_bytes:
+            row.update(measured_bytes=row["bytes"], bytes=None, oom=f"over the {cap_bytes:.0f}-byte cap")
+            over = True
+        rows.append(row)
+        del model, x, y
+        if device != "cpu" and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return rows
