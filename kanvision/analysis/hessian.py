@@ -65,6 +65,13 @@ class HessianOperator:
         self.calls += 1
         vs = self._split(v.to(self.device, self.dtype))
         acc = [torch.zeros_like(p) for p in self.params]
+        # Fused attention kernels have no double backward: force the math kernel (same function).
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        with sdpa_kernel(SDPBackend.MATH):
+            self._accumulate(vs, acc)
+        return torch.cat([a.reshape(-1) for a in acc])
+
+    def _accumulate(self, vs: list[torch.Tensor], acc: list[torch.Tensor]) -> None:
         for x, y in self.batches:
             # Weighted by batch size so unequal batches give the mean loss over all samples.
             loss = self.loss_fn(self.model(x), y) * (len(y) / self.num_samples)
@@ -74,7 +81,6 @@ class HessianOperator:
             for a, h in zip(acc, hv):
                 if h is not None:
                     a.add_(h.detach())
-        return torch.cat([a.reshape(-1) for a in acc])
 
     def linear_operator(self):
         from scipy.sparse.linalg import LinearOperator

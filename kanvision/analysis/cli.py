@@ -1,0 +1,181 @@
+"""`kanvision analyze hessian | memory`: JSON / markdown / PNG outputs for checkpoints or zoo models.
+
+Models: `--checkpoint PATH` (repeatable; kanvision.load_pretrained) or `--model NAME --kan KIND ...`
+(repeatable kinds; untrained, built with timm.create_model). Data for the Hessian: `--data synthetic`
+(seeded Gaussian images, random labels) or `--data imagefolder --data-root DIR` (DIR/test/<class>/*.jpg,
+resized to the model's input size and normalised with its mean/std).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+SUBCOMMANDS = ("hessian", "memory")
+
+
+def _models(args) -> list[tuple[str, torch.nn.Module]]:
+    import timm
+    import kanvision  # noqa: F401  registers the zoo
+    out = []
+    if args.checkpoint:
+        from kanvision.checkpoints import CheckpointError, load_pretrained
+        for path in args.checkpoint:
+            try:
+                out.append((Path(path).stem, load_pretrained(path)))
+            except (CheckpointError, FileNotFoundError) as e:
+                raise SystemExit(f"kanvision analyze: {e}") from None
+        return out
+    if not args.model:
+        raise SystemExit("kanvision analyze: give --checkpoint PATH or --model NAME (with --kan KIND ...)")
+    extra = json.loads(args.model_kwargs) if args.model_kwargs else {}
+    for kind in args.kan or [None]:
+        kw = dict(extra, num_classes=args.num_classes)
+        if kind is not None and args.model.startswith("kan_"):
+            kw["kan"] = kind
+        elif kind not in (None, "none"):
+            # A plain timm model that takes `mlp_layer` (ViT, Mixer): swap in the KAN MLP drop-in.
+            from kanvision.layers import kan_mlp_layer
+            kw["mlp_layer"] = kan_mlp_layer(kind)
+        torch.manual_seed(args.seed)
+        try:
+            model = timm.create_model(args.model, **kw)
+        except Exception as e:  # unknown name, bad kan kind: timm / the factory name the problem
+            raise SystemExit(f"kanvision analyze: cannot build {args.model!r} with {kw}: {e}") from None
+        out.append((f"{args.model}:{kind or 'default'}", model))
+    return out
+
+
+def _input_shape(model) -> tuple[int, ...]:
+    shape = tuple((getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 32, 32)))
+    img = getattr(getattr(model, "patch_embed", None), "img_size", None)  # img_size= overrides the cfg
+    return (shape[0], *img) if img is not None else shape
+
+
+def _batches(args, model) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    shape = _input_shape(model)
+    g = torch.Generator().manual_seed(args.seed)
+    if args.data == "synthetic":
+        n = getattr(model, "num_classes", args.num_classes)
+        return [(torch.randn(args.batch_size, *shape, generator=g),
+                 torch.randint(0, n, (args.batch_size,), generator=g)) for _ in range(args.batches)]
+    from torchvision import datasets, transforms
+    root = Path(args.data_root or "")
+    root = root / "test" if (root / "test").is_dir() else root
+    if not root.is_dir():
+        raise SystemExit(f"kanvision analyze: no image folder at {root}: pass --data-root DIR with "
+                         "DIR/test/<class>/*.jpg, or --data synthetic")
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    tf = transforms.Compose([transforms.Resize(shape[1:]), transforms.ToTensor(),
+                             transforms.Normalize(cfg.get("mean", (0.5,) * 3), cfg.get("std", (0.5,) * 3))])
+    ds = datasets.ImageFolder(str(root), tf)
+    idx = torch.randperm(len(ds), generator=g)[:args.batch_size * args.batches].tolist()
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, idx), batch_size=args.batch_size)
+    return list(loader)
+
+
+def hessian_main(args) -> dict:
+    from rich.progress import Progress
+    from kanvision.analysis import hessian as H
+    from kanvision.analysis.plots import plot_densities
+
+    results = {"settings": vars(args) | {"model_mode": "eval (BatchNorm running stats, Dropout/DropPath off)",
+                                         "threads": torch.get_num_threads()}, "models": {}}
+    for label, model in _models(args):
+        t0 = time.time()
+        op = H.HessianOperator(model, _batches(args, model))
+        total = 2 * args.top_k + args.probes * args.steps + args.trace_probes
+        with Progress(transient=False) as bar:
+            task = bar.add_task(f"HVPs {label}", total=total)
+            tick = lambda: bar.advance(task)  # noqa: E731
+            top = H.top_eigenvalues(op, args.top_k, "LA", tol=args.tol)
+            bar.advance(task, args.top_k)
+            bottom = H.top_eigenvalues(op, args.top_k, "SA", tol=args.tol)
+            bar.advance(task, args.top_k)
+            runs = H.slq(op, args.steps, args.probes, seed=args.seed, progress=tick)
+            trace = H.hutchinson_trace(op, args.trace_probes, seed=args.seed, progress=tick)
+        dens = H.density_from_slq(runs)
+        results["models"][label] = {
+            "num_params": op.size, "loss": op.loss(), "top_eigenvalues": top.tolist(),
+            "bottom_eigenvalues": bottom.tolist(), "trace": trace, "slq": runs, "density": dens,
+            "counts": H.large_eigenvalue_counts(args.threshold, op.size, runs, top, bottom),
+            "hvp_calls": op.calls, "seconds": time.time() - t0}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "hessian.json").write_text(json.dumps(results, indent=1, default=str))
+    plot_densities({k: v["density"] for k, v in results["models"].items()}, out / "hessian_density.png")
+    for label, r in results["models"].items():
+        print(f"{label}: params={r['num_params']} loss={r['loss']:.4f} top={r['top_eigenvalues'][:3]} "
+              f"bottom={r['bottom_eigenvalues'][:3]} trace={r['trace']['trace']:.4g}+-{r['trace']['stderr']:.2g} "
+              f"counts={r['counts']}")
+    print(f"wrote {out/'hessian.json'} and {out/'hessian_density.png'}")
+    return results
+
+
+def memory_main(args) -> list[dict]:
+    from kanvision.analysis.memory import memory_sweep
+    from kanvision.analysis.plots import plot_memory
+
+    rows = []
+    for label, model in _models(args):
+        shape = _input_shape(model)
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+
+        def build(model=model, state=state):
+            model.load_state_dict(state)
+            return model
+        cap = args.max_memory_gb * 2**30 if args.max_memory_gb else None
+        for r in memory_sweep(build, args.batch_sizes, shape, getattr(model, "num_classes", args.num_classes),
+                              device=args.device, cap_bytes=cap):
+            rows.append(dict(r, model=label))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "memory.json").write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=1, default=str))
+    mb = lambda b: "OOM" if b is None else f"{b / 2**20:.1f}"  # noqa: E731
+    lines = [f"method: {rows[0].get('method', 'see memory.py')}; MiB", "",
+             "| model | batch | measured | KAN fwd est. | KAN bwd est. | KAN params |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['batch_size']} | {mb(r['bytes'])} | {mb(r.get('estimate_forward_bytes'))} | "
+              f"{mb(r.get('estimate_backward_bytes'))} | {mb(r.get('estimate_kan_param_bytes'))} |" for r in rows]
+    (out / "memory.md").write_text("\n".join(lines) + "\n")
+    plot_memory(rows, out / "memory.png")
+    print("\n".join(lines))
+    return rows
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kanvision analyze")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in SUBCOMMANDS:
+        s = sub.add_parser(name)
+        s.add_argument("--checkpoint", action="append")
+        s.add_argument("--model")
+        s.add_argument("--kan", action="append", help="none | bspline | rswaf (repeat to compare)")
+        s.add_argument("--model-kwargs", help='JSON, e.g. \'{"img_size": 32}\'')
+        s.add_argument("--num-classes", type=int, default=10)
+        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--out", default=f"analysis_out/{name}")
+    h = sub.choices["hessian"]
+    h.add_argument("--data", choices=("synthetic", "imagefolder"), default="synthetic")
+    h.add_argument("--data-root")
+    h.add_argument("--batch-size", type=int, default=64)
+    h.add_argument("--batches", type=int, default=1)
+    h.add_argument("--top-k", type=int, default=5)
+    h.add_argument("--tol", type=float, default=1e-4)
+    h.add_argument("--steps", type=int, default=40, help="Lanczos steps per SLQ probe")
+    h.add_argument("--probes", type=int, default=3, help="SLQ probe vectors")
+    h.add_argument("--trace-probes", type=int, default=30, help="Hutchinson Rademacher probes")
+    h.add_argument("--threshold", type=float, default=1.0, help="|eigenvalue| above this counts as large")
+    m = sub.choices["memory"]
+    m.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 32, 128])
+    m.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    m.add_argument("--max-memory-gb", type=float, help="CPU cap: points measured above it are shown as OOM")
+    return p
+
+
+def main(argv: list[str] | None = None):
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    return {"hessian": hessian_main, "memory": memory_main}[args.command](args)

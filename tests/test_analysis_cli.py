@@ -1,0 +1,36 @@
+"""`kanvision analyze` end to end on timm's tiny test_vit (MLP vs B-spline KAN), synthetic data."""
+import json
+
+import pytest
+
+from kanvision.cli import main
+
+TINY = ["--model", "test_vit", "--model-kwargs", '{"img_size": 16}', "--num-classes", "3"]
+
+
+def test_hessian_cli_writes_json_and_png(tmp_path):
+    res = main(["analyze", "hessian", *TINY, "--kan", "none", "--kan", "bspline", "--batch-size", "4",
+                "--top-k", "2", "--steps", "6", "--probes", "2", "--trace-probes", "3", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "hessian.json").read_text())
+    assert set(data["models"]) == {"test_vit:none", "test_vit:bspline"}
+    r = data["models"]["test_vit:bspline"]
+    assert r["top_eigenvalues"][0] >= r["top_eigenvalues"][1]
+    assert r["density"]["integral"] == pytest.approx(1.0, abs=1e-2)
+    assert (tmp_path / "hessian_density.png").stat().st_size > 1000
+    assert res["models"]["test_vit:none"]["num_params"] < r["num_params"]
+
+
+def test_memory_cli_table_and_plot(tmp_path):
+    rows = main(["analyze", "memory", *TINY, "--kan", "none", "--kan", "rswaf", "--batch-sizes", "2", "8",
+                 "--out", str(tmp_path)])
+    kan = [r for r in rows if r["model"] == "test_vit:rswaf"]
+    assert kan[1]["bytes"] > kan[0]["bytes"] and kan[0]["estimate_forward_bytes"] > 0
+    assert "saved-tensor" in (tmp_path / "memory.md").read_text()
+    assert (tmp_path / "memory.png").exists()
+
+
+def test_bad_model_is_a_clear_error():
+    with pytest.raises(SystemExit, match="cannot build 'no_such_model'"):
+        main(["analyze", "memory", "--model", "no_such_model"])
+    with pytest.raises(SystemExit, match="--checkpoint PATH or --model"):
+        main(["analyze", "memory"])
