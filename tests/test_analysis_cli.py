@@ -34,3 +34,12 @@ def test_bad_model_is_a_clear_error():
         main(["analyze", "memory", "--model", "no_such_model"])
     with pytest.raises(SystemExit, match="--checkpoint PATH or --model"):
         main(["analyze", "memory"])
+
+
+def test_splines_cli(tmp_path):
+    res = main(["analyze", "splines", *TINY, "--kan", "bspline", "--batch-size", "8", "--top", "4",
+                "--out", str(tmp_path)])
+    assert len(res["test_vit:bspline"]["edges"]) == 4
+    assert (tmp_path / "splines_test_vit_bspline.png").exists()
+    with pytest.raises(SystemExit, match="no BSplineKAN/RSWAFKAN layer"):
+        main(["analyze", "splines", *TINY, "--kan", "none", "--out", str(tmp_path)])

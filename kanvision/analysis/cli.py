@@ -1,4 +1,4 @@
-"""`kanvision analyze hessian | memory`: JSON / markdown / PNG outputs for checkpoints or zoo models.
+"""`kanvision analyze hessian | memory | splines`: JSON / markdown / PNG outputs for checkpoints or zoo models.
 
 Models: `--checkpoint PATH` (repeatable; kanvision.load_pretrained) or `--model NAME --kan KIND ...`
 (repeatable kinds; untrained, built with timm.create_model). Data for the Hessian: `--data synthetic`
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-SUBCOMMANDS = ("hessian", "memory")
+SUBCOMMANDS = ("hessian", "memory", "splines")
 
 
 def _models(args) -> list[tuple[str, torch.nn.Module]]:
@@ -146,6 +146,30 @@ def memory_main(args) -> list[dict]:
     return rows
 
 
+def splines_main(args) -> list[dict]:
+    from kanvision.analysis.splines import capture_inputs, kan_layers, plot_edges
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {}
+    for label, model in _models(args):
+        layers = kan_layers(model)
+        if not layers:
+            raise SystemExit(f"kanvision analyze splines: {label} has no BSplineKAN/RSWAFKAN layer "
+                             "(build it with --kan bspline or --kan rswaf)")
+        if not -len(layers) <= args.layer < len(layers):
+            raise SystemExit(f"kanvision analyze splines: --layer {args.layer} out of range: "
+                             f"{label} has {len(layers)} KAN layers")
+        name, layer = layers[args.layer]
+        x = torch.cat([b[0] for b in _batches(args, model)])
+        png = out / f"splines_{label.replace(':', '_')}.png"
+        result[label] = {"layer": name, "edges": plot_edges(layer, capture_inputs(model, layer, x), png,
+                                                            top=args.top, title=f"{label} {name}")}
+        print(f"{label} layer {name}: top edges {result[label]['edges'][:3]} -> {png}")
+    (out / "splines.json").write_text(json.dumps({"settings": vars(args), "models": result}, indent=1, default=str))
+    return result
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kanvision analyze")
     sub = p.add_subparsers(dest="command", required=True)
@@ -159,16 +183,20 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--out", default=f"analysis_out/{name}")
     h = sub.choices["hessian"]
-    h.add_argument("--data", choices=("synthetic", "imagefolder"), default="synthetic")
-    h.add_argument("--data-root")
-    h.add_argument("--batch-size", type=int, default=64)
-    h.add_argument("--batches", type=int, default=1)
     h.add_argument("--top-k", type=int, default=5)
     h.add_argument("--tol", type=float, default=1e-4)
     h.add_argument("--steps", type=int, default=40, help="Lanczos steps per SLQ probe")
     h.add_argument("--probes", type=int, default=3, help="SLQ probe vectors")
     h.add_argument("--trace-probes", type=int, default=30, help="Hutchinson Rademacher probes")
     h.add_argument("--threshold", type=float, default=1.0, help="|eigenvalue| above this counts as large")
+    sp = sub.choices["splines"]
+    sp.add_argument("--layer", type=int, default=0, help="index among the model's KAN layers, in module order")
+    sp.add_argument("--top", type=int, default=9, help="edges to plot, most important first")
+    for h in (sub.choices["hessian"], sp):
+        h.add_argument("--data", choices=("synthetic", "imagefolder"), default="synthetic")
+        h.add_argument("--data-root")
+        h.add_argument("--batch-size", type=int, default=64)
+        h.add_argument("--batches", type=int, default=1)
     m = sub.choices["memory"]
     m.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 32, 128])
     m.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -178,4 +206,4 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None):
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    return {"hessian": hessian_main, "memory": memory_main}[args.command](args)
+    return {"hessian": hessian_main, "memory": memory_main, "splines": splines_main}[args.command](args)
