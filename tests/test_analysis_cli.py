@@ -43,3 +43,10 @@ def test_splines_cli(tmp_path):
     assert (tmp_path / "splines_test_vit_bspline.png").exists()
     with pytest.raises(SystemExit, match="no BSplineKAN/RSWAFKAN layer"):
         main(["analyze", "splines", *TINY, "--kan", "none", "--out", str(tmp_path)])
+
+
+def test_throughput_cli(tmp_path):
+    rows = main(["analyze", "throughput", *TINY, "--kan", "none", "--batch-size", "4", "--warmup", "1",
+                 "--repeats", "2", "--out", str(tmp_path)])
+    assert rows[0]["train_images_per_s"] > 0 and rows[0]["inference_images_per_s"] > 0
+    assert "median of 2" in (tmp_path / "throughput.md").read_text()

@@ -1,4 +1,4 @@
-"""`kanvision analyze hessian | memory | splines`: JSON / markdown / PNG outputs for checkpoints or zoo models.
+"""`kanvision analyze hessian | memory | splines | throughput`: JSON / markdown / PNG outputs for checkpoints or zoo models.
 
 Models: `--checkpoint PATH` (repeatable; kanvision.load_pretrained) or `--model NAME --kan KIND ...`
 (repeatable kinds; untrained, built with timm.create_model). Data for the Hessian: `--data synthetic`
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-SUBCOMMANDS = ("hessian", "memory", "splines")
+SUBCOMMANDS = ("hessian", "memory", "splines", "throughput")
 
 
 def _models(args) -> list[tuple[str, torch.nn.Module]]:
@@ -170,6 +170,24 @@ def splines_main(args) -> list[dict]:
     return result
 
 
+def throughput_main(args) -> list[dict]:
+    from kanvision.analysis.throughput import throughput
+
+    rows = [dict(throughput(model, _input_shape(model), getattr(model, "num_classes", args.num_classes),
+                            args.batch_size, args.warmup, args.repeats, args.device), model=label)
+            for label, model in _models(args)]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "throughput.json").write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=1, default=str))
+    lines = [f"device {rows[0]['device']}, {rows[0]['threads']} threads, batch {args.batch_size}, "
+             f"{args.warmup} warm-up + median of {args.repeats}", "",
+             "| model | train img/s | inference img/s |", "|---|---|---|"]
+    lines += [f"| {r['model']} | {r['train_images_per_s']:.1f} | {r['inference_images_per_s']:.1f} |" for r in rows]
+    (out / "throughput.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return rows
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kanvision analyze")
     sub = p.add_subparsers(dest="command", required=True)
@@ -197,6 +215,11 @@ def _parser() -> argparse.ArgumentParser:
         h.add_argument("--data-root")
         h.add_argument("--batch-size", type=int, default=64)
         h.add_argument("--batches", type=int, default=1)
+    t = sub.choices["throughput"]
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--warmup", type=int, default=2)
+    t.add_argument("--repeats", type=int, default=5)
+    t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     m = sub.choices["memory"]
     m.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 32, 128])
     m.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -206,4 +229,4 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None):
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    return {"hessian": hessian_main, "memory": memory_main, "splines": splines_main}[args.command](args)
+    return {"hessian": hessian_main, "memory": memory_main, "splines": splines_main, "throughput": throughput_main}[args.command](args)
