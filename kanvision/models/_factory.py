@@ -1,0 +1,193 @@
+"""What every zoo model shares: the `kan=` options, parameter matching, counting and weight loading.
+
+The options are data (`KanSpec`): each model file turns a spec into the `mlp_layer` its timm class takes,
+so no timm class is forked. `match_params` resolves to an MLP spec whose hidden width gives the same
+parameter count as a KAN variant; counts come from building the model on the meta device (no memory,
+no init), so they are exact whatever the architecture.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping
+
+import torch
+from timm.layers import Mlp
+from torch import nn
+
+from ..layers import BSplineKAN, RSWAFKAN, kan_mlp_layer
+from ..layers.kan_mlp import normalize_kan_kind
+
+__all__ = [
+    "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD", "KanSpec", "checkpoint_filter_fn",
+    "count_parameters", "kan_model_cls", "kan_modules", "reset_kan_layers", "with_hidden",
+]
+
+# Per-channel statistics of the training splits (torchvision CIFAR, pixel values in [0, 1]).
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+
+KAN_LAYER_TYPES = (BSplineKAN, RSWAFKAN)
+# kan_kwargs come from YAML/JSON, so activations may be named instead of passed as classes.
+_ACTIVATIONS = {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU, "identity": nn.Identity, "tanh": nn.Tanh}
+
+
+def _activation(value: Any) -> type[nn.Module]:
+    if isinstance(value, str):
+        try:
+            return _ACTIVATIONS[value.lower()]
+        except KeyError:
+            raise ValueError(f"kan_kwargs: unknown base_activation {value!r}; use one of {sorted(_ACTIVATIONS)} "
+                             "or pass an nn.Module class") from None
+    return value
+
+
+def with_hidden(layer: Callable[..., nn.Module], hidden: int | None) -> Callable[..., nn.Module]:
+    """`layer` with its hidden width fixed to `hidden`, whatever width the calling timm block asks for.
+
+    timm blocks derive the width from mlp_ratio; the KAN papers set it directly (DeiT-KAN: 192 at every
+    model size), and match_params needs any integer.
+    """
+    if hidden is None:
+        return layer
+
+    @functools.wraps(layer, updated=())
+    def build(in_features, hidden_features=None, *args, **kwargs):
+        return layer(in_features, hidden, *args, **kwargs)
+
+    return build
+
+
+@dataclass(frozen=True)
+class KanSpec:
+    """What replaces a channel MLP: kind ("none" | "bspline" | "rswaf"), hidden width, layer keywords."""
+
+    kind: str = "none"
+    hidden: int | None = None
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    match_params: str | None = None  # with kind "none": size the MLP like this KAN kind
+
+    @classmethod
+    def from_args(cls, kan=None, kan_hidden=None, kan_kwargs=None, match_params=None) -> "KanSpec":
+        kind = normalize_kan_kind(kan)
+        if kan_hidden is not None and int(kan_hidden) < 1:
+            raise ValueError(f"kan_hidden must be a positive integer, got {kan_hidden!r}")
+        if kan_kwargs is not None and not isinstance(kan_kwargs, Mapping):
+            raise ValueError(f"kan_kwargs must be a dict of KAN layer keywords, got {type(kan_kwargs).__name__}")
+        if match_params is not None:
+            target = normalize_kan_kind(match_params)
+            if target == "none":
+                raise ValueError("match_params names the KAN kind whose size the MLP should match: 'bspline' or 'rswaf'")
+            if kind != "none":
+                raise ValueError(f"match_params={match_params!r} sizes an MLP baseline: use it with kan='none', "
+                                 f"not kan={kind!r}")
+            match_params = target
+        elif kind == "none" and (kan_hidden is not None or kan_kwargs):
+            raise ValueError("kan_hidden / kan_kwargs configure KAN layers: set kan='bspline' or 'rswaf' "
+                             "(or match_params=... for a size-matched MLP)")
+        kwargs = dict(kan_kwargs or {})
+        if "base_activation" in kwargs:
+            kwargs["base_activation"] = _activation(kwargs["base_activation"])
+        return cls(kind, None if kan_hidden is None else int(kan_hidden), kwargs, match_params)
+
+    @property
+    def is_kan(self) -> bool:
+        return self.kind != "none"
+
+    def layer_kwargs(self) -> dict[str, Any]:
+        kwargs = dict(self.kwargs)
+        if self.kind == "bspline":
+            # efficient-kan's SiLU base branch (what the papers ran), not the host block's GELU.
+            kwargs.setdefault("base_activation", nn.SiLU)
+        return kwargs
+
+    def mlp_layer(self, default_hidden: int | None = None) -> Callable[..., nn.Module]:
+        """The `mlp_layer` callable for a timm block (hidden width fixed unless neither is given)."""
+        hidden = self.hidden if self.hidden is not None else default_hidden
+        layer = kan_mlp_layer(self.kind, **self.layer_kwargs()) if self.is_kan else Mlp
+        return with_hidden(layer, hidden)
+
+    def single_layer(self, in_features: int, out_features: int, **factory) -> nn.Module:
+        """One KAN layer (ConvMixer's pointwise conv is a single linear map, not an MLP)."""
+        from ..layers import kan_layer_class
+        return kan_layer_class(self.kind)(in_features, out_features, **self.layer_kwargs(), **factory)
+
+    def resolve(self, count: Callable[["KanSpec"], int]) -> "KanSpec":
+        """Turn match_params into an MLP hidden width; `count(spec)` is the model's trainable count."""
+        if self.match_params is None:
+            return self
+        kan = replace(self, kind=self.match_params, match_params=None)
+        target = count(kan)
+        # Parameter count is affine in the hidden width of the MLPs: two probes give slope and offset.
+        c1, c2 = (count(KanSpec("none", h)) for h in (1, 2))
+        slope = c2 - c1
+        hidden = max(1, round((target - c1) / slope) + 1)
+        got = count(KanSpec("none", hidden))
+        if abs(got - target) > 0.01 * target:
+            raise ValueError(f"match_params={self.match_params!r}: no MLP hidden width reaches the KAN's "
+                             f"{target:,} parameters within 1% (closest: hidden={hidden}, {got:,})")
+        return KanSpec("none", hidden)
+
+
+def count_on_meta(build: Callable[[], nn.Module]) -> int:
+    """Trainable parameters of the model `build()` makes, built on the meta device (no memory, no init)."""
+    with torch.device("meta"):
+        model = build()
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def kan_modules(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, KAN_LAYER_TYPES)]
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Total, trainable and in-KAN-layer parameter counts (each parameter counted once)."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    kan = sum(p.numel() for m in kan_modules(model) for p in m.parameters())
+    return dict(total=total, trainable=trainable, kan=kan)
+
+
+def reset_kan_layers(model: nn.Module) -> nn.Module:
+    """Give KAN layers back their own init after the host model's init pass.
+
+    timm's ViT init puts trunc_normal(0.02) on every nn.Linear it finds, RSWAF's `spline_linear` included;
+    the papers' RSWAF layer is xavier-uniform. B-spline weights are plain Parameters that timm's passes
+    do not visit, but re-running their init keeps the rule simple: KAN layers are initialised by KAN code.
+    """
+    for module in kan_modules(model):
+        module.reset_parameters()
+    return model
+
+
+def kan_model_cls(cls: Callable[..., nn.Module], post: Callable[[nn.Module], nn.Module] | None = None):
+    """`cls` for build_model_with_cfg, with KAN init restored (and `post` applied) before weights load.
+
+    timm loads pretrained files inside build_model_with_cfg right after construction; re-initialising the KAN
+    layers after that would overwrite the loaded weights.
+    """
+    def make(**kwargs) -> nn.Module:
+        model = cls(**kwargs)
+        return reset_kan_layers(post(model) if post is not None else model)
+
+    make.__name__ = getattr(cls, "__name__", "model")
+    return make
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Plain timm keys from a Lightning checkpoint, DDP or torch.compile wrapped state dict (for timm loading)."""
+    from ..checkpoints import strip_prefixes
+
+    if "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
+        state_dict = state_dict["state_dict"]
+    return strip_prefixes(state_dict)
+
+
+def cifar_cfg(num_classes: int = 10, img_size: int = 32, **kwargs) -> dict[str, Any]:
+    """Pretrained cfg for models trained from scratch on CIFAR (no hub weights; load files with timm's overlay)."""
+    mean, std = (CIFAR100_MEAN, CIFAR100_STD) if num_classes == 100 else (CIFAR10_MEAN, CIFAR10_STD)
+    cfg = dict(url="", num_classes=num_classes, input_size=(3, img_size, img_size), pool_size=None,
+               crop_pct=1.0, interpolation="bilinear", mean=mean, std=std,
+               license="apache-2.0", paper_ids="arXiv:2404.19756")
+    cfg.update(kwargs)
+    return cfg

@@ -1,0 +1,79 @@
+"""ConvMixer for 32x32 inputs (kernel 5, patch 2) with a KAN channel mixer: timm's ConvMixer.
+
+A ConvMixer block is  x + BN(act(depthwise_conv(x)))  ->  pointwise 1x1 conv  ->  act -> BN.
+With kan="bspline"|"rswaf" the pointwise 1x1 conv (dim -> dim, with bias) is what is replaced:
+- kan_hidden=None (default): by ONE KAN layer dim -> dim applied to the channel vector of every pixel
+  (a 1x1 conv is one linear map, so one KAN layer is its counterpart);
+- kan_hidden=H: by a two-layer KanMlp dim -> H -> dim at every pixel.
+The activation and BatchNorm after it, the depthwise residual part, stem and head stay timm's.
+match_params (with kan="none") replaces the pointwise conv by timm's Mlp dim -> H -> dim (1x1 convs) with H
+sized to the KAN variant. timm's ConvMixer has no residual around the channel mixer, hence no stochastic
+depth: drop_path_rate > 0 is refused rather than silently ignored.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.convmixer import ConvMixer
+from torch import nn
+
+from ..layers import ChannelsFirst
+from ._factory import KanSpec, checkpoint_filter_fn, cifar_cfg, count_on_meta, kan_model_cls
+
+POINTWISE = 1  # index of the 1x1 conv inside each timm ConvMixer block (nn.Sequential)
+
+
+def _channel_mixer(spec: KanSpec, dim: int, **factory) -> nn.Module:
+    if spec.is_kan and spec.hidden is None:
+        return ChannelsFirst(spec.single_layer(dim, dim, **factory))
+    return spec.mlp_layer()(dim, spec.hidden, use_conv=True, **factory)
+
+
+def _swap_channel_mixers(model: ConvMixer, spec: KanSpec) -> ConvMixer:
+    if spec.kind == "none" and spec.hidden is None:
+        return model  # exactly timm's ConvMixer
+    for block in model.blocks:
+        conv = block[POINTWISE]
+        if not (isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1)):
+            raise RuntimeError("timm's ConvMixer layout changed: block[1] is no longer the pointwise conv")
+        block[POINTWISE] = _channel_mixer(spec, model.num_features, device=conv.weight.device,
+                                          dtype=conv.weight.dtype)
+    return model
+
+
+def _create_kan_convmixer(variant, pretrained=False, kan=None, kan_hidden=None, kan_kwargs=None,
+                          match_params=None, drop_path_rate=None, **kwargs) -> ConvMixer:
+    spec = KanSpec.from_args(kan, kan_hidden, kan_kwargs, match_params)
+    if drop_path_rate:
+        raise ValueError(f"{variant}: drop_path_rate={drop_path_rate} has nothing to act on: ConvMixer has no "
+                         "residual around its channel mixer (timm's ConvMixer has no stochastic depth); use 0")
+    feature_cfg = dict(out_indices=kwargs.pop("out_indices", 3), feature_cls="getter")
+
+    def build(s: KanSpec, pretrained=False):
+        return build_model_with_cfg(kan_model_cls(ConvMixer, post=partial(_swap_channel_mixers, spec=s)), variant,
+                                    pretrained, pretrained_filter_fn=checkpoint_filter_fn, feature_cfg=feature_cfg,
+                                    **kwargs)
+
+    spec = spec.resolve(lambda s: count_on_meta(partial(build, s)))
+    return build(spec, pretrained)
+
+
+default_cfgs = generate_default_cfgs({
+    "kan_convmixer_256_8": cifar_cfg(first_conv="stem.0", classifier="head"),
+    "kan_convmixer_512_16": cifar_cfg(first_conv="stem.0", classifier="head"),
+})
+
+
+@register_model
+def kan_convmixer_256_8(pretrained=False, **kwargs) -> ConvMixer:
+    """ConvMixer-256/8, kernel 5, patch 2 on 32x32; kan= swaps the pointwise (1x1) channel-mixing convs."""
+    model_args = dict(dim=256, depth=8, kernel_size=5, patch_size=2)
+    return _create_kan_convmixer("kan_convmixer_256_8", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def kan_convmixer_512_16(pretrained=False, **kwargs) -> ConvMixer:
+    """ConvMixer-512/16, kernel 5, patch 2 on 32x32; kan= swaps the pointwise (1x1) channel-mixing convs."""
+    model_args = dict(dim=512, depth=16, kernel_size=5, patch_size=2)
+    return _create_kan_convmixer("kan_convmixer_512_16", pretrained, **dict(model_args, **kwargs))
