@@ -25,8 +25,76 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+RUNS_DIR = "runs"
+
+
+def _cli_class():
+    # Built lazily: importing Lightning costs seconds that the tools above should not pay.
+    from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
+    from lightning.pytorch.cli import LightningCLI
+
+    class KanvisionCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser):
+            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            parser.set_defaults({"checkpoint.monitor": "val/acc1", "checkpoint.mode": "max",
+                                 "checkpoint.save_last": True, "checkpoint.auto_insert_metric_name": False,
+                                 "checkpoint.filename": "epoch{epoch:03d}-top1_{val/acc1:.4f}"})
+            parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+            parser.add_argument("--name", default="kanvision",
+                                help="run name: logs and checkpoints go to <default_root_dir or runs>/<name>/version_N")
+
+        def instantiate_trainer(self, **kwargs):
+            # Rich progress bar by default, unless the config turns bars off or brings its own.
+            cfg = self._get(self.config_init, "trainer", default={})
+            callbacks = list(cfg.get("callbacks") or [])
+            if cfg.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+                kwargs.setdefault("callbacks", callbacks + [RichProgressBar()])
+            if cfg.get("logger") in (None, True):
+                kwargs.setdefault("logger", default_loggers(cfg.get("default_root_dir") or RUNS_DIR,
+                                                            self._get(self.config, "name") or "kanvision"))
+            return super().instantiate_trainer(**kwargs)
+
+        def after_fit(self):
+            self._report("val")
+
+        def after_test(self):
+            self._report("test")
+
+        def after_validate(self):
+            self._report("val")
+
+        def _report(self, stage):
+            m = self.trainer.callback_metrics
+            if f"{stage}/acc1" in m and self.trainer.is_global_zero:
+                ckpt = getattr(self.trainer.checkpoint_callback, "best_model_path", "") or "-"
+                print(f"{stage}: top-1 {float(m[f'{stage}/acc1']):.4f}  top-5 {float(m[f'{stage}/acc5']):.4f}  "
+                      f"(log dir {self.trainer.log_dir}; best checkpoint {ckpt})")
+
+    return KanvisionCLI
+
+
+def default_loggers(root: str, name: str) -> list:
+    """CSV + TensorBoard in one run directory <root>/<name>/version_N (TensorBoard events in its tensorboard/)."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    csv = CSVLogger(root, name=name)
+    # Each logger would pick its own next version_N; the TensorBoard one follows the CSV one.
+    return [csv, TensorBoardLogger(root, name=name, version=csv.version, sub_dir="tensorboard")]
+
+
 def lightning_main(args: list[str]) -> None:
-    raise SystemExit("kanvision: training commands are not available yet")
+    """`kanvision fit|validate|test ...`: LightningCLI over ImageClassifier and ImageDataModule."""
+    from .data import DataError, ImageDataModule
+    from .module import ConfigError, ImageClassifier
+
+    try:
+        return _cli_class()(
+            ImageClassifier, ImageDataModule, args=args, trainer_defaults={"max_epochs": 10},
+            save_config_kwargs={"overwrite": True}, seed_everything_default=0,
+            parser_kwargs={"description": "kanvision training (LightningCLI); see configs/ and the README"},
+        )
+    except (DataError, ConfigError) as e:  # user input, not a bug: one line, no traceback
+        raise SystemExit(f"kanvision: error: {e}") from None
 
 
 def main(args: list[str] | None = None) -> None:
@@ -39,7 +107,8 @@ def main(args: list[str] | None = None) -> None:
         module, func, _ = TOOLS[command]
         return getattr(importlib.import_module(module), func)(args[1:])
     if command in LIGHTNING_COMMANDS or command.startswith("-"):
-        return lightning_main(args)
+        lightning_main(args)
+        return None
     raise SystemExit(f"kanvision: unknown command {command!r}\n\n{_usage()}")
 
 

@@ -1,0 +1,286 @@
+"""ImageDataModule: CIFAR-10/100 (torchvision), image folders, and synthetic images for tests.
+
+`batch_size` is the global batch: each of N devices gets batch_size / N, so a config means the same run
+on one CPU or eight GPUs. `num_classes`, `class_names`, `mean` and `std` are known before `setup` (the CLI
+links num_classes into the model), except an image folder's mean/std, measured in `setup` when not given.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from .models._factory import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
+
+__all__ = ["DataError", "ImageDataModule", "SyntheticImages"]
+
+DATASETS = ("cifar10", "cifar100", "imagefolder", "synthetic")
+AUGMENTS = ("cifar", "deit", "none")
+CIFAR = {  # torchvision class, folder it unpacks to, archive, stats
+    "cifar10": ("CIFAR10", "cifar-10-batches-py", "cifar-10-python.tar.gz", CIFAR10_MEAN, CIFAR10_STD),
+    "cifar100": ("CIFAR100", "cifar-100-python", "cifar-100-python.tar.gz", CIFAR100_MEAN, CIFAR100_STD),
+}
+IMAGE_FOLDER_SPLITS = {"train": ("train",), "test": ("test", "val")}
+
+
+class DataError(RuntimeError):
+    """The requested data is not there (or not usable); the message says where we looked and what to do."""
+
+
+class SyntheticImages(Dataset):
+    """Seeded random images with learnable structure: each class is a smooth random pattern plus noise.
+
+    Pixel values in [0, 1] like decoded images, so the same transforms apply. For tests, never a default.
+    """
+
+    def __init__(self, size: int, num_classes: int = 10, img_size: int = 32, seed: int = 0, split_seed: int = 0,
+                 noise: float = 0.15, transform=None):
+        g = torch.Generator().manual_seed(seed)
+        coarse = torch.rand(num_classes, 3, 4, 4, generator=g)  # shared by both splits: same classes
+        self.prototypes = torch.nn.functional.interpolate(coarse, size=(img_size, img_size), mode="bilinear",
+                                                          align_corners=False)
+        g = torch.Generator().manual_seed(seed * 7919 + split_seed + 1)
+        self.labels = torch.randint(0, num_classes, (size,), generator=g)
+        self.noise = torch.randn(size, 3, img_size, img_size, generator=g) * noise
+        self.transform = transform
+        self.classes = [f"class_{i}" for i in range(num_classes)]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        img = (self.prototypes[self.labels[i]] + self.noise[i]).clamp(0, 1)
+        return (self.transform(img) if self.transform else img), int(self.labels[i])
+
+
+class EpochSeededSampler(torch.utils.data.Sampler):
+    """Shuffles with seed + epoch, so a run resumed from a checkpoint sees the same order as one that was not."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at every epoch start
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class ImageDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        dataset: str = "cifar10",
+        root: str = "data",
+        download: bool = True,
+        batch_size: int = 128,
+        num_workers: int = 2,
+        img_size: int = 32,
+        augment: str = "cifar",
+        val_split: float = 0.0,
+        train_subset: int | None = None,
+        test_subset: int | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        synthetic_size: int = 512,
+        synthetic_classes: int = 10,
+        seed: int = 0,
+    ):
+        """
+        Args:
+            dataset: cifar10 | cifar100 | imagefolder (root/train/<class>/*, root/test/<class>/* or val/) | synthetic.
+            root: where the data is (CIFAR: the folder holding cifar-10-batches-py or its archive).
+            download: CIFAR only: download into root when absent (done once, in prepare_data).
+            batch_size: global batch, split evenly across devices.
+            img_size: images are resized to img_size x img_size (224 for the patch16_224 models).
+            augment: cifar (random crop, padding img_size/8, + flip) | deit (timm: RandAugment, random erasing) | none.
+            val_split: fraction of train held out (seeded) for validation; 0 validates on the test split.
+            train_subset / test_subset: use a seeded random subset of this many images (quick runs).
+            mean / std: normalisation; default: the dataset's (measured on up to 2,000 images for imagefolder).
+            synthetic_size / synthetic_classes: size of the synthetic train split (test: a quarter) and classes.
+        """
+        super().__init__()
+        if dataset not in DATASETS:
+            raise DataError(f"unknown dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
+        if augment not in AUGMENTS:
+            raise DataError(f"unknown augment {augment!r}: choose one of {', '.join(AUGMENTS)}")
+        if not 0.0 <= val_split < 1.0:
+            raise DataError(f"val_split must be in [0, 1), got {val_split}")
+        self.save_hyperparameters()
+        self.dataset, self.root = dataset, Path(root).expanduser()
+        self._mean, self._std = mean, std
+        self.train_set = self.val_set = self.test_set = None
+
+    # ---------------------------------------------------------------- what the model needs up front
+    @property
+    def class_names(self) -> list[str]:
+        if self.dataset == "cifar10":
+            return ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+        if self.dataset == "synthetic":
+            return [f"class_{i}" for i in range(self.hparams.synthetic_classes)]
+        if self.dataset == "cifar100":
+            return self._cifar("test").classes if self._cifar_present() else [str(i) for i in range(100)]
+        return sorted(p.name for p in self._folder("train").iterdir() if p.is_dir())
+
+    @property
+    def num_classes(self) -> int:
+        return {"cifar10": 10, "cifar100": 100}.get(self.dataset) or len(self.class_names)
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        if self._mean is None:
+            self._mean, self._std = self._default_stats()
+        return tuple(float(v) for v in self._mean)
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        self.mean  # noqa: B018  (fills both)
+        return tuple(float(v) for v in self._std)
+
+    def _default_stats(self):
+        if self.dataset in CIFAR:
+            return CIFAR[self.dataset][3:]
+        if self.dataset == "synthetic":
+            return (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+        return self._measure_folder_stats()
+
+    def _image_folder(self, split: str, transform):
+        from torchvision import datasets
+        folder = self._folder(split)
+        try:
+            return datasets.ImageFolder(str(folder), transform)
+        except FileNotFoundError as e:  # a class folder without images, or no class folders at all
+            raise DataError(f"imagefolder {folder}: {e}") from None
+
+    def _measure_folder_stats(self, limit: int = 2000):
+        from torchvision import transforms
+        ds = self._image_folder("train", transforms.Compose(
+            [transforms.Resize((self.hparams.img_size, self.hparams.img_size)), transforms.ToTensor()]))
+        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(self.hparams.seed))[:limit]
+        x = torch.stack([ds[i][0] for i in idx.tolist()])
+        return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).tolist()
+
+    # ------------------------------------------------------------------------------- locating data
+    def _folder(self, split: str) -> Path:
+        for name in IMAGE_FOLDER_SPLITS[split]:
+            if (self.root / name).is_dir():
+                return self.root / name
+        looked = " or ".join(str(self.root / n) for n in IMAGE_FOLDER_SPLITS[split])
+        raise DataError(f"imagefolder: no {split} images at {looked}. Expected {self.root}/train/<class>/*.jpg and "
+                        f"{self.root}/test/<class>/*.jpg (or val/); point --data.root at that directory.")
+
+    def _cifar_present(self) -> bool:
+        return (self.root / CIFAR[self.dataset][1]).is_dir()
+
+    def _cifar(self, split: str, transform=None):
+        from torchvision import datasets
+        cls = getattr(datasets, CIFAR[self.dataset][0])
+        return cls(str(self.root), train=split == "train", transform=transform, download=False)
+
+    def _missing_cifar(self, reason: str) -> DataError:
+        name, folder, archive = self.dataset.upper().replace("CIFAR", "CIFAR-"), *CIFAR[self.dataset][1:3]
+        return DataError(
+            f"{name} not found: looked for {self.root / folder} (or {self.root / archive}) and {reason}. "
+            f"Either point --data.root at a directory that holds {folder}, or train on image files with "
+            f"--data.dataset imagefolder --data.root DIR (DIR/train/<class>/*, DIR/test/<class>/*).")
+
+    def prepare_data(self) -> None:
+        if self.dataset not in CIFAR or self._cifar_present():
+            return
+        if not self.hparams.download:
+            raise self._missing_cifar("download is off (--data.download false)")
+        from torchvision import datasets
+        cls = getattr(datasets, CIFAR[self.dataset][0])
+        try:
+            for train in (True, False):
+                cls(str(self.root), train=train, download=True)
+        except Exception as e:  # no network, proxy, disk: all mean the same to the user
+            raise self._missing_cifar(f"the download failed ({type(e).__name__}: {str(e)[:120]})") from None
+
+    # ------------------------------------------------------------------------------------ datasets
+    def _transforms(self, train: bool):
+        from torchvision import transforms as T
+        size, aug = self.hparams.img_size, self.hparams.augment if train else "none"
+        tensor_input = self.dataset == "synthetic"
+        if aug == "deit":
+            from timm.data import create_transform
+            tf = create_transform(size, is_training=True, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25,
+                                  interpolation="bicubic", mean=self.mean, std=self.std)
+            return T.Compose([T.ToPILImage(), tf]) if tensor_input else tf
+        steps = [T.Resize((size, size), antialias=True)]
+        if aug == "cifar":
+            steps += [T.RandomCrop(size, padding=max(1, size // 8)), T.RandomHorizontalFlip()]
+        if not tensor_input:
+            steps.append(T.ToTensor())
+        steps.append(T.Normalize(self.mean, self.std))
+        return T.Compose(steps)
+
+    def _make(self, split: str, train_transform: bool):
+        tf = self._transforms(train_transform)
+        if self.dataset == "synthetic":
+            n = self.hparams.synthetic_size if split == "train" else max(8, self.hparams.synthetic_size // 4)
+            return SyntheticImages(n, self.hparams.synthetic_classes, self.hparams.img_size, self.hparams.seed,
+                                   split_seed=0 if split == "train" else 1, transform=tf)
+        if self.dataset in CIFAR:
+            if not self._cifar_present():
+                raise self._missing_cifar("prepare_data did not run or could not fetch it")
+            try:
+                return self._cifar(split, tf)
+            except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
+                raise self._missing_cifar(f"the copy there is unusable ({e})") from None
+        return self._image_folder(split, tf)
+
+    def _subset(self, ds, n: int | None, salt: int):
+        if n is None or n >= len(ds):
+            return ds
+        g = torch.Generator().manual_seed(self.hparams.seed + salt)
+        return Subset(ds, torch.randperm(len(ds), generator=g)[:n].tolist())
+
+    def setup(self, stage: str | None = None) -> None:
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if self.hparams.batch_size % world:
+            raise DataError(f"batch_size {self.hparams.batch_size} is the global batch and must divide evenly over "
+                            f"{world} devices: use a multiple of {world}")
+        self.per_device_batch = self.hparams.batch_size // world
+        self.mean  # noqa: B018  measured once here for image folders, before workers start
+        if stage in (None, "fit", "validate") and self.train_set is None:
+            train = self._subset(self._make("train", True), self.hparams.train_subset, 1)
+            if self.hparams.val_split > 0:
+                n_val = max(1, math.floor(len(train) * self.hparams.val_split))
+                perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.hparams.seed)).tolist()
+                # Same images, evaluation transforms for the held-out part.
+                val_full = self._subset(self._make("train", False), self.hparams.train_subset, 1)
+                self.train_set, self.val_set = Subset(train, perm[n_val:]), Subset(val_full, perm[:n_val])
+            else:
+                self.train_set = train
+        if self.test_set is None:
+            self.test_set = self._subset(self._make("test", False), self.hparams.test_subset, 2)
+        if self.val_set is None:
+            self.val_set = self.test_set
+
+    def _loader(self, ds, train: bool) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(ds, batch_size=self.per_device_batch, num_workers=workers, drop_last=train,
+                          sampler=EpochSeededSampler(len(ds), self.hparams.seed) if train else None,
+                          persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, False)
+
+    def describe(self) -> dict:
+        """The data facts a checkpoint carries (checkpoints.py's "kanvision" record)."""
+        return dict(dataset=self.dataset, class_names=self.class_names, mean=list(self.mean), std=list(self.std),
+                    img_size=self.hparams.img_size)

@@ -1,0 +1,117 @@
+"""ImageDataModule: synthetic / imagefolder / CIFAR-missing paths, splits, per-device batch, sampler."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+from PIL import Image
+
+from kanvision.data import DataError, EpochSeededSampler, ImageDataModule, SyntheticImages
+
+
+def test_synthetic_loaders_and_metadata():
+    dm = ImageDataModule("synthetic", batch_size=8, num_workers=0, synthetic_size=64, synthetic_classes=4)
+    assert dm.num_classes == 4 and dm.class_names[0] == "class_0"
+    dm.setup("fit")
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (8, 3, 32, 32) and y.max() < 4
+    assert len(dm.val_set) == 16 and dm.val_set is dm.test_set  # no val_split: validate on test
+    assert dm.describe()["mean"] == [0.5, 0.5, 0.5]
+
+
+def test_synthetic_classes_are_learnable_structure():
+    ds = SyntheticImages(200, num_classes=3, seed=0)
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    y = ds.labels
+    centroids = torch.stack([x[y == c].mean(0) for c in range(3)])
+    nearest = torch.cdist(x.flatten(1), centroids.flatten(1)).argmin(1)
+    assert (nearest == y).float().mean() > 0.95  # a nearest-centroid classifier separates the classes
+    test = SyntheticImages(50, num_classes=3, seed=0, split_seed=1)
+    assert torch.equal(test.prototypes, ds.prototypes) and not torch.equal(test.noise[:50], ds.noise[:50])
+
+
+def test_val_split_is_seeded_and_disjoint():
+    def split(seed):
+        dm = ImageDataModule("synthetic", batch_size=8, num_workers=0, synthetic_size=100, val_split=0.2, seed=seed)
+        dm.setup("fit")
+        return dm.train_set.indices, dm.val_set.indices
+
+    train, val = split(0)
+    assert len(val) == 20 and not set(train) & set(val) and len(train) + len(val) == 100
+    assert split(0) == (train, val) and split(1) != (train, val)
+
+
+def test_global_batch_is_split_over_devices():
+    dm = ImageDataModule("synthetic", batch_size=12, num_workers=0, synthetic_size=48)
+    dm.trainer = SimpleNamespace(world_size=3)
+    dm.setup("fit")
+    assert dm.per_device_batch == 4
+    dm = ImageDataModule("synthetic", batch_size=10, num_workers=0)
+    dm.trainer = SimpleNamespace(world_size=4)
+    with pytest.raises(DataError, match="global batch and must divide evenly over 4 devices"):
+        dm.setup("fit")
+
+
+def test_missing_cifar_says_where_and_what_to_do(tmp_path):
+    dm = ImageDataModule("cifar10", root=str(tmp_path / "nowhere"), download=False)
+    with pytest.raises(DataError) as e:
+        dm.prepare_data()
+    msg = str(e.value)
+    assert str(tmp_path / "nowhere" / "cifar-10-batches-py") in msg and "--data.root" in msg
+    assert "--data.dataset imagefolder" in msg
+    with pytest.raises(DataError, match="CIFAR-10 not found"):
+        dm.setup("fit")
+    with pytest.raises(DataError, match="unknown dataset 'svhn'"):
+        ImageDataModule("svhn")
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    for split in ("train", "test"):
+        for c, name in enumerate(["ant", "bee", "cow"]):
+            d = tmp_path / split / name
+            d.mkdir(parents=True)
+            for i in range(4):
+                arr = (torch.rand(20, 24, 3, generator=g) * 80 + 60 * c).byte().numpy()
+                Image.fromarray(arr).save(d / f"{i}.png")
+    return tmp_path
+
+
+def test_imagefolder(image_folder):
+    dm = ImageDataModule("imagefolder", root=str(image_folder), batch_size=4, num_workers=0, img_size=16,
+                         augment="cifar")
+    assert dm.class_names == ["ant", "bee", "cow"] and dm.num_classes == 3
+    dm.setup("fit")
+    assert 0.2 < dm.mean[0] < 0.8 and all(s > 0 for s in dm.std)  # measured on the train images
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (4, 3, 16, 16)
+    assert len(dm.test_set) == 12
+
+
+def test_imagefolder_missing_split(tmp_path):
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    dm = ImageDataModule("imagefolder", root=str(tmp_path), num_workers=0)
+    with pytest.raises(DataError, match=r"imagefolder .*train: Found no valid file for the classes a"):
+        dm.setup("test")
+    Image.new("RGB", (8, 8)).save(tmp_path / "train" / "a" / "0.png")
+    with pytest.raises(DataError, match=r"no test images at .*test or .*val"):
+        ImageDataModule("imagefolder", root=str(tmp_path), num_workers=0).setup("test")
+    with pytest.raises(DataError, match="no train images"):
+        ImageDataModule("imagefolder", root=str(tmp_path / "x")).num_classes
+
+
+def test_deit_augment_runs_on_synthetic():
+    dm = ImageDataModule("synthetic", batch_size=4, num_workers=0, synthetic_size=8, augment="deit")
+    dm.setup("fit")
+    assert next(iter(dm.train_dataloader()))[0].shape == (4, 3, 32, 32)
+
+
+def test_subsets_and_epoch_sampler():
+    dm = ImageDataModule("synthetic", batch_size=4, num_workers=0, synthetic_size=64, train_subset=20, test_subset=5)
+    dm.setup("fit")
+    assert len(dm.train_set) == 20 and len(dm.test_set) == 5
+    s = EpochSeededSampler(10, seed=3)
+    first = list(s)
+    assert first == list(s) and sorted(first) == list(range(10))
+    s.set_epoch(1)
+    assert list(s) != first

@@ -1,0 +1,89 @@
+"""ImageClassifier: model building and errors, losses, micro-averaged metrics, schedule, grid updates."""
+import json
+
+import pytest
+import torch
+
+from kanvision.grid_update import bspline_layers, update_grids
+from kanvision.module import ConfigError, ImageClassifier, WarmupCosine
+
+TINY = dict(model="kan_mixer_tiny_p4_32", model_kwargs=dict(num_blocks=1), num_classes=10)
+
+
+def batch(n=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def test_builds_zoo_and_plain_timm_models():
+    m = ImageClassifier(kan="rswaf", **TINY)
+    assert m.counts["kan"] > 0 and m.hparams.kan == "rswaf"
+    plain = ImageClassifier(model="test_vit", model_kwargs=dict(img_size=32), num_classes=3)
+    assert plain(torch.randn(2, 3, 32, 32)).shape == (2, 3) and plain.counts["kan"] == 0
+
+
+def test_bad_model_or_kind_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown model 'kan_mixr'.*kan_mixer_tiny_p4_32"):
+        ImageClassifier(model="kan_mixr")
+    with pytest.raises(ConfigError, match="unknown kan kind 'spline'"):
+        ImageClassifier(kan="spline", **TINY)
+
+
+def test_mixup_loss_and_reg_weight():
+    torch.manual_seed(0)
+    x, y = batch()
+    plain = ImageClassifier(kan="bspline", **TINY)
+    torch.nn.init.normal_(plain.model.head.weight)  # timm's Mixer head starts at zero: every loss would be ln 10
+    mixed = ImageClassifier(kan="bspline", mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, **TINY)
+    mixed.load_state_dict(plain.state_dict())
+    for m in (plain, mixed):
+        m.log = lambda *a, **k: None  # no trainer attached
+    base = plain.training_step((x, y), 0)
+    soft = mixed.training_step((x.clone(), y), 0)  # timm mixes the batch in place
+    assert torch.isfinite(soft) and not torch.isclose(base, soft)
+    reg = ImageClassifier(kan="bspline", reg_weight=0.5, **TINY)
+    reg.load_state_dict(plain.state_dict())
+    reg.log = lambda *a, **k: None
+    expected = base + 0.5 * sum(layer.regularization_loss() for layer in bspline_layers(plain.model))
+    assert torch.allclose(reg.training_step((x, y), 0), expected)
+
+
+def test_accuracy_is_micro_averaged():
+    m = ImageClassifier(**TINY)
+    logits = torch.zeros(4, 10)
+    logits[torch.arange(4), torch.tensor([0, 0, 0, 1])] = 1  # predicts 0,0,0,1
+    m.val_acc1(logits, torch.tensor([0, 0, 0, 2]))
+    assert m.val_acc1.compute() == pytest.approx(0.75)  # macro over present classes would give 0.5
+
+
+def test_warmup_cosine():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = WarmupCosine(opt, warmup_steps=0.1, total_steps=100, min_lr_ratio=0.0)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0) and max(lrs) == pytest.approx(1.0)
+    assert lrs[-1] < 0.01 and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+def test_grid_update_moves_grids_and_keeps_the_function():
+    torch.manual_seed(0)
+    model = ImageClassifier(kan="bspline", **TINY).model.double().eval()
+    x = batch(16)[0].double()
+    before = model.forward_features(x)  # (the Mixer head starts at zero)
+    grids = [layer.grid.clone() for layer in bspline_layers(model)]
+    assert update_grids(model, x) == 2
+    assert all(not torch.equal(g, layer.grid) for g, layer in zip(grids, bspline_layers(model)))
+    rel = (model.forward_features(x) - before).norm() / before.norm()
+    assert rel < 0.05  # the refit preserves what the network computes on that batch
+
+
+def test_checkpoint_record_is_json():
+    m = ImageClassifier(kan="bspline", kan_kwargs={"grid_size": 4}, **TINY)
+    ckpt = {}
+    m.on_save_checkpoint(ckpt)
+    record = json.loads(json.dumps(ckpt["kanvision"]))
+    assert record["model"] == "kan_mixer_tiny_p4_32" and record["kan_kwargs"] == {"grid_size": 4}
+    assert record["params"]["kan"] == m.counts["kan"] and record["model_kwargs"] == {"num_blocks": 1}
