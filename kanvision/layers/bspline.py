@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import bspline_fast
+
 __all__ = ["BSplineKAN", "b_spline_basis", "uniform_knots"]
 
 
@@ -75,8 +77,12 @@ class BSplineKAN(nn.Module):
         grid_range: Sequence[float] = (-1, 1),
         device=None,
         dtype=None,
+        impl: str = "fast",
+        compile: bool = False,
     ):
         super().__init__()
+        if impl not in ("fast", "reference"):
+            raise ValueError(f"BSplineKAN: impl must be 'fast' or 'reference', got {impl!r}")
         if int(in_features) < 1 or int(out_features) < 1:
             raise ValueError(f"BSplineKAN: in_features and out_features must be >= 1, got {in_features}, {out_features}")
         if int(grid_size) < 1:
@@ -103,6 +109,8 @@ class BSplineKAN(nn.Module):
         if enable_standalone_scale_spline:
             self.spline_scaler = nn.Parameter(torch.empty(self.out_features, self.in_features, **factory))
         self.base_activation = base_activation()
+        self.impl, self.compile = impl, bool(compile)
+        self._plan, self._plan_key = None, None
         self.reset_parameters()
 
     @property
@@ -157,10 +165,28 @@ class BSplineKAN(nn.Module):
                 f"BSplineKAN: expected input of shape (..., {self.in_features}), got {tuple(x.shape)}; "
                 "for channels-first (B, C, H, W) tensors wrap the layer in kanvision.layers.ChannelsFirst")
 
+    def fast_spec(self) -> bspline_fast.SplineSpec:
+        """Kernel tables for the current knots (uniform or not), rebuilt only when `grid` changed.
+
+        The key (storage, in-place version counter, dtype, device) changes on update_grid, load_state_dict
+        and .to(), so nothing inspects the knot values on an ordinary forward.
+        """
+        g = self.grid
+        key = (g.data_ptr(), g._version, g.dtype, g.device, self.compile)
+        if self._plan_key != key:
+            self._plan = bspline_fast.SplineSpec(g.detach(), self.spline_order, bspline_fast.grid_is_uniform(g),
+                                                 self.base_activation, self.compile)
+            self._plan_key = key
+        return self._plan
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         lead = x.shape[:-1]
         x = x.reshape(-1, self.in_features)
+        if self.impl == "fast":
+            y = bspline_fast.BSplineKANFunction.apply(x, self.base_weight, self.spline_weight,
+                                                      getattr(self, "spline_scaler", None), self.fast_spec())
+            return y.reshape(*lead, self.out_features)
         base = F.linear(self.base_activation(x), self.base_weight)
         spline = F.linear(self.b_splines(x).reshape(x.size(0), -1),
                           self.scaled_spline_weight.reshape(self.out_features, -1))
@@ -228,4 +254,5 @@ class BSplineKAN(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, grid_size={self.grid_size}, "
                 f"spline_order={self.spline_order}, grid_range={self.grid_range}, "
-                f"standalone_scale_spline={self.enable_standalone_scale_spline}")
+                f"standalone_scale_spline={self.enable_standalone_scale_spline}, impl={self.impl!r}, "
+                f"compile={self.compile}")

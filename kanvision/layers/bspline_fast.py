@@ -1,0 +1,325 @@
+"""Fast B-spline KAN kernel: only the order + 1 non-zero bases per input, no dense basis kept for backward.
+
+On a knot interval [g_j, g_j+1) exactly the bases B_{j-k} .. B_j of order k are non-zero. Uniform knots:
+with t = (x - g_0) / h, j = floor(t), f = t - j, basis B_{j-k+q} is a fixed cubic (order-k) polynomial of f,
+whose coefficients `uniform_local_coefficients` derives once, exactly, from the truncated-power form of the
+cardinal B-spline. Non-uniform knots (after `update_grid`): per-feature `searchsorted` for j, then the local
+de Boor triangle (The NURBS Book, A2.2) over those k + 1 bases.
+
+Both branches of the layer go through one matrix product, y = [act(x), B(x)] @ [W_b ; s * c]^T, on a
+(N, in, 1 + G + k) feature buffer that lives only for that product: backward saves x and the weights and
+rebuilds it (the local weights are cheap; only the scatter into the dense layout costs a pass).
+"""
+from __future__ import annotations
+
+import warnings
+from fractions import Fraction
+from functools import lru_cache
+from math import comb, factorial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["BSplineKANFunction", "SplineSpec", "grid_is_uniform", "local_bases", "uniform_local_coefficients",
+           "compiled_or_eager"]
+
+
+@lru_cache(maxsize=None)
+def _coefficients_exact(order: int) -> tuple[tuple[Fraction, ...], ...]:
+    # Cardinal B-spline N_k(u) = 1/k! sum_i (-1)^i C(k+1, i) (u - i)_+^k on [0, k + 1]. Local basis q covers
+    # u = f + (k - q) with f in [0, 1): only the terms i <= k - q are active there.
+    k = order
+    rows = []
+    for q in range(k + 1):
+        s = k - q
+        coeff = [Fraction(0)] * (k + 1)
+        for i in range(s + 1):
+            a = s - i  # (f + a)^k expanded in powers of f
+            for p in range(k + 1):
+                coeff[p] += Fraction((-1) ** i * comb(k + 1, i) * comb(k, p) * a ** (k - p), factorial(k))
+        rows.append(tuple(coeff))
+    return tuple(rows)
+
+
+def uniform_local_coefficients(order: int, dtype=torch.float64, device=None) -> torch.Tensor:
+    """C (order+1, order+1): on a uniform grid B_{j-k+q}(x) = sum_p C[q, p] f^p, f = frac((x - g_0) / h)."""
+    return torch.tensor([[float(c) for c in row] for row in _coefficients_exact(int(order))], dtype=dtype,
+                        device=device)
+
+
+def grid_is_uniform(grid: torch.Tensor) -> bool:
+    """True when every row of knots is evenly spaced up to the rounding of the layer's dtype."""
+    g = grid.detach().to(torch.float64)
+    steps = torch.arange(g.size(1), dtype=torch.float64, device=g.device)
+    h = (g[:, -1] - g[:, 0]) / (g.size(1) - 1)
+    if not bool((h > 0).all()):
+        return False
+    err = (g - (g[:, :1] + steps * h.unsqueeze(1))).abs().max()
+    # A few ulps of the largest knot: uniform_knots rounds float64 knots to the layer dtype.
+    tol = 8 * torch.finfo(grid.dtype).eps * max(1.0, float(g.abs().max()))
+    return bool(err <= tol)
+
+
+class SplineSpec:
+    """What the kernel needs to know about one layer's grid, resolved once per grid change."""
+
+    def __init__(self, grid: torch.Tensor, order: int, uniform: bool, activation: nn.Module,
+                 compile: bool = False):
+        grid = grid.detach().contiguous()
+        self.grid, self.order, self.uniform, self.activation = grid, int(order), bool(uniform), activation
+        self.num_bases = grid.size(1) - 1 - self.order
+        self.compile = compile
+        if self.uniform:
+            n_int = grid.size(1) - 1
+            g64 = grid.detach().to(torch.float64)
+            self.g0 = grid[:, 0].detach().clone()
+            self.row_offset = torch.arange(grid.size(0), device=grid.device) * grid.size(1)
+            self.inv_h = (n_int / (g64[:, -1] - g64[:, 0])).to(grid.dtype)
+            self.coeff = uniform_local_coefficients(self.order, grid.dtype, grid.device)
+            self.coeff_list = uniform_local_coefficients(self.order).tolist()
+        else:
+            # Replicated end knots let every interval read its 2k + 2 neighbouring knots; the extra bases they create are
+            # masked, and de Boor's denominators stay > 0 on any non-empty interval.
+            k = self.order
+            self.knots = torch.cat([grid[:, :1].expand(-1, k), grid, grid[:, -1:].expand(-1, k + 1)], 1).detach()
+
+
+def _uniform_local(x: torch.Tensor, spec: SplineSpec, derivative: bool):
+    # Everything here is an (N, in) op: broadcasting against a length-(k+1) last axis is several times
+    # slower on CPU than k+1 contiguous passes of the same total size.
+    k, nb = spec.order, spec.num_bases
+    t = (x - spec.g0) * spec.inv_h
+    inside = (t >= 0) & (t < nb + k)  # half-open, like the reference: nothing outside the extended grid
+    j = torch.where(inside, torch.floor(t), 0.0).to(torch.long)
+    # f measured from the stored knot, not as t - j: x - g_j is nearly exact, while t carries the rounding
+    # of x - g_0 amplified by 1/h (an error of ~1e-6 in float32 for 10 intervals).
+    f = torch.where(inside, (x - torch.take(spec.grid, j + spec.row_offset)) * spec.inv_h, 0.0)
+    c = spec.coeff_list
+    w = []
+    for q in range(k + 1):  # Horner in f, scalar coefficients
+        v = torch.full_like(f, c[q][k])
+        for p in range(k - 1, -1, -1):
+            v = v.mul_(f).add_(c[q][p])
+        w.append(v)
+    dw = None
+    if derivative:
+        dw = []
+        for q in range(k + 1):
+            v = torch.full_like(f, c[q][k] * k)
+            for p in range(k - 1, 0, -1):
+                v = v.mul_(f).add_(c[q][p] * p)
+            dw.append(v.mul_(spec.inv_h))
+    return j, inside, w, dw
+
+
+def _nonuniform_local(x: torch.Tensor, spec: SplineSpec, derivative: bool):
+    k, grid = spec.order, spec.grid
+    n_knots = grid.size(1)
+    j = torch.searchsorted(grid, x.detach().t().contiguous(), right=True).t() - 1
+    inside = (j >= 0) & (j <= n_knots - 2)
+    j = j.clamp(0, n_knots - 2)
+    # T[..., s] = g_{j + s - k}, s = 0 .. 2k + 1 (indices shifted by the k padded knots)
+    offs = torch.arange(2 * k + 2, device=x.device)
+    idx = (j.unsqueeze(-1) + offs)
+    T = torch.gather(spec.knots.unsqueeze(0).expand(x.size(0), -1, -1), 2, idx).unbind(-1)
+    bases = [torch.ones_like(x)]
+    lower = bases
+    for p in range(1, k + 1):
+        left = [None] + [x - T[k + 1 - r] for r in range(1, p + 1)]
+        right = [None] + [T[k + r] - x for r in range(1, p + 1)]
+        new, saved = [], torch.zeros_like(x)
+        for r in range(p):
+            temp = bases[r] / (right[r + 1] + left[p - r])
+            new.append(saved + right[r + 1] * temp)
+            saved = left[p - r] * temp
+        new.append(saved)
+        lower, bases = bases, new
+    w = bases
+    dw = None
+    if derivative:
+        # B'_{m,k} = k (B_{m,k-1} / (g_{m+k} - g_m) - B_{m+1,k-1} / (g_{m+k+1} - g_{m+1})), m = j - k + q
+        zero = torch.zeros_like(x)
+        lo = [zero] + lower + [zero]
+        terms = []
+        for q in range(k + 1):
+            d1, d2 = T[q + k] - T[q], T[q + k + 1] - T[q + 1]
+            a = torch.where(d1 > 0, lo[q] / torch.where(d1 > 0, d1, 1.0), 0.0)
+            b = torch.where(d2 > 0, lo[q + 1] / torch.where(d2 > 0, d2, 1.0), 0.0)
+            terms.append(k * (a - b))
+        dw = terms
+    return j, inside, w, dw
+
+
+def local_bases(x: torch.Tensor, spec: SplineSpec, derivative: bool = False):
+    """Per local basis q = 0..k, (col, w, dw) of shape (N, in, 1): the dense column 1 + m (0 where that basis
+    does not exist: slot 0 is overwritten by the caller), its value and, if asked, d/dx (zero where invalid).
+    Kept as k + 1 separate tensors: stacking them along a last axis of length k + 1 is a slow strided copy."""
+    k, nb = spec.order, spec.num_bases
+    j, inside, w, dw = (_uniform_local if spec.uniform else _nonuniform_local)(x, spec, derivative)
+    out = []
+    for q in range(k + 1):
+        m = j + (q - k)
+        valid = inside & (m >= 0) & (m < nb)
+        col = torch.where(valid, m + 1, 0).unsqueeze(-1)
+        wq = torch.where(valid, w[q], 0.0).unsqueeze(-1)
+        dq = torch.where(valid, dw[q], 0.0).unsqueeze(-1) if dw is not None else None
+        out.append((col, wq, dq))
+    return out
+
+
+def _activation_and_grad(x: torch.Tensor, act: nn.Module, grad: torch.Tensor | None):
+    if grad is None:
+        return act(x)
+    if isinstance(act, nn.SiLU):
+        s = torch.sigmoid(x)
+        return grad * (s * (1 + x * (1 - s)))
+    with torch.enable_grad():  # any elementwise activation: its own autograd on the (N, in) input
+        xr = x.detach().requires_grad_()
+        return torch.autograd.grad(act(xr), xr, grad)[0]
+
+
+def features_eager(x: torch.Tensor, spec: SplineSpec) -> torch.Tensor:
+    """Dense (N, in, 1 + G + k): slot 0 = act(x), slot 1 + m = B_m(x); one zero fill + one scatter."""
+    buf = torch.zeros(x.size(0), x.size(1), 1 + spec.num_bases, dtype=x.dtype, device=x.device)
+    for col, w, _ in local_bases(x, spec):
+        buf.scatter_(2, col, w)
+    buf[..., 0] = spec.activation(x)  # after the scatter: invalid bases were parked in slot 0
+    return buf
+
+
+def input_grad_eager(x: torch.Tensor, gbuf: torch.Tensor, spec: SplineSpec) -> torch.Tensor:
+    gx = _activation_and_grad(x, spec.activation, gbuf[..., 0])
+    for col, _, dw in local_bases(x, spec, derivative=True):
+        gx = gx.addcmul_(torch.gather(gbuf, 2, col).squeeze(-1), dw.squeeze(-1))
+    return gx
+
+
+def _features_dense(x, grid, row_offset, g0, inv_h, coeff, order: int, num_bases: int, silu: bool):
+    # Written densely for torch.compile: every output element computes its own polynomial, one fused pass.
+    k = order
+    t = ((x - g0) * inv_h).unsqueeze(-1)
+    inside = (t >= 0) & (t < num_bases + k)
+    jf = torch.where(inside, torch.floor(t), 0.0)
+    f = (x.unsqueeze(-1) - torch.take(grid, jf.to(torch.long) + row_offset.unsqueeze(-1))) * inv_h.unsqueeze(-1)
+    m = torch.arange(num_bases, device=x.device, dtype=x.dtype)
+    q = m - jf + k  # local index of basis m on this interval
+    ok = inside & (q >= 0) & (q <= k)
+    qi = torch.where(ok, q, 0.0).to(torch.long)
+    c = coeff[qi]  # (N, in, nb, k + 1): indirect loads from a tiny table, fused by the compiler
+    val = c[..., k]
+    for p in range(k - 1, -1, -1):
+        val = val * f + c[..., p]
+    bases = torch.where(ok, val, 0.0)
+    act = F.silu(x) if silu else x
+    return torch.cat([act.unsqueeze(-1), bases], -1)
+
+
+def _input_grad_dense(x, gbuf, grid, row_offset, g0, inv_h, coeff, order: int, num_bases: int):
+    k = order
+    t = (x - g0) * inv_h
+    inside = (t >= 0) & (t < num_bases + k)
+    j = torch.where(inside, torch.floor(t), 0.0).to(torch.long)
+    f = torch.where(inside, (x - torch.take(grid, j + row_offset)) * inv_h, 0.0)
+    gx = torch.zeros_like(x)
+    for q in range(k + 1):
+        m = j - k + q
+        ok = inside & (m >= 0) & (m < num_bases)
+        g = torch.gather(gbuf, 2, torch.where(ok, m + 1, 0).unsqueeze(-1)).squeeze(-1)
+        d = coeff[q, k] * k
+        for p in range(k - 1, 0, -1):
+            d = d * f + coeff[q, p] * p
+        gx = gx + torch.where(ok, g * d, 0.0)
+    s = torch.sigmoid(x)
+    return gx * inv_h + gbuf[..., 0] * (s * (1 + x * (1 - s)))
+
+
+_COMPILED: dict[str, object] = {}
+_COMPILE_FAILED: list[str] = []
+
+
+def compiled_or_eager(name: str, fn, eager_call, *args, **kwargs):
+    """Run torch.compile(fn)(*args); on any compiler failure warn once per process and run `eager_call`."""
+    if not _COMPILE_FAILED:
+        try:
+            if name not in _COMPILED:
+                _COMPILED[name] = torch.compile(fn, fullgraph=True, dynamic=None)
+            return _COMPILED[name](*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - any compiler/toolchain error means: use eager
+            _COMPILE_FAILED.append(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            warnings.warn(f"kanvision: torch.compile of the fast KAN kernels failed ({_COMPILE_FAILED[0]}); "
+                          "using the eager fast path instead (same results, slower).", RuntimeWarning,
+                          stacklevel=3)
+    return eager_call()
+
+
+def _features(x: torch.Tensor, spec: SplineSpec) -> torch.Tensor:
+    if spec.compile and spec.uniform and isinstance(spec.activation, nn.SiLU):
+        return compiled_or_eager("bspline_features", _features_dense, lambda: features_eager(x, spec), x, spec.grid,
+                                 spec.row_offset, spec.g0,
+                                 spec.inv_h, spec.coeff, spec.order, spec.num_bases, True)
+    return features_eager(x, spec)
+
+
+def _input_grad(x: torch.Tensor, gbuf: torch.Tensor, spec: SplineSpec) -> torch.Tensor:
+    if spec.compile and spec.uniform and isinstance(spec.activation, nn.SiLU):
+        return compiled_or_eager("bspline_input_grad", _input_grad_dense, lambda: input_grad_eager(x, gbuf, spec),
+                                 x, gbuf, spec.grid, spec.row_offset, spec.g0, spec.inv_h, spec.coeff, spec.order, spec.num_bases)
+    return input_grad_eager(x, gbuf, spec)
+
+
+def reference_features(x: torch.Tensor, spec: SplineSpec) -> torch.Tensor:
+    """[act(x), B(x)] (N, in, 1 + G + k) through plain autograd ops (Cox-de Boor over all bases)."""
+    from .bspline import b_spline_basis
+    return torch.cat([spec.activation(x).unsqueeze(-1), b_spline_basis(x, spec.grid, spec.order)], -1)
+
+
+def _combined_weight(base_weight, spline_weight, spline_scaler) -> torch.Tensor:
+    """(out, in * (1 + G + k)): per input [w_b, s * c_0, ..., s * c_{G+k-1}], the feature buffer's layout."""
+    scaled = spline_weight if spline_scaler is None else spline_weight * spline_scaler.unsqueeze(-1)
+    return torch.cat([base_weight.unsqueeze(-1), scaled], -1).reshape(base_weight.size(0), -1)
+
+
+class BSplineKANFunction(torch.autograd.Function):
+    """(x (N, in), base_weight, spline_weight, spline_scaler or None, spec) -> (N, out).
+
+    Saves only x and the parameters themselves (no (N, in, G + k) tensor, not even the fused weight). A
+    backward with create_graph=True (Hessian-vector products) is answered through the reference graph, so
+    higher derivatives are exact too (and as slow as the reference)."""
+
+    @staticmethod
+    def forward(ctx, x, base_weight, spline_weight, spline_scaler, spec: SplineSpec):
+        feats = _features(x, spec)
+        weight = _combined_weight(base_weight, spline_weight, spline_scaler)
+        ctx.save_for_backward(x, base_weight, spline_weight, spline_scaler)
+        ctx.spec = spec
+        return torch.mm(feats.view(x.size(0), -1), weight.t())
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, base_weight, spline_weight, spline_scaler = ctx.saved_tensors
+        spec, need = ctx.spec, ctx.needs_input_grad
+        if torch.is_grad_enabled():
+            inputs = (x, base_weight, spline_weight, spline_scaler)
+            weight = _combined_weight(base_weight, spline_weight, spline_scaler)
+            out = torch.mm(reference_features(x, spec).reshape(x.size(0), -1), weight.t())
+            grads = iter(torch.autograd.grad(out, [t for t, n in zip(inputs, need) if n], grad_out,
+                                             create_graph=True))
+            return (*[next(grads) if n else None for n in need[:4]], None)
+        grad_out = grad_out.contiguous()
+        n = x.size(0)
+        gx = gbw = gsw = gsc = None
+        feats = _features(x, spec)
+        if need[1] or need[2] or need[3]:
+            gw = torch.mm(grad_out.t(), feats.view(n, -1)).view(base_weight.size(0), base_weight.size(1), -1)
+            gbw = gw[..., 0] if need[1] else None
+            gs = gw[..., 1:]
+            if need[2]:
+                gsw = gs if spline_scaler is None else gs * spline_scaler.unsqueeze(-1)
+            if need[3]:
+                gsc = (gs * spline_weight).sum(-1)
+        if need[0]:
+            weight = _combined_weight(base_weight, spline_weight, spline_scaler)
+            torch.mm(grad_out, weight, out=feats.view(n, -1))  # features no longer needed: reuse the memory
+            gx = _input_grad(x, feats, spec)
+        return gx, gbw, gsw, gsc, None

@@ -1,0 +1,171 @@
+"""Fast KAN paths == reference paths: values, gradients (float64 gradcheck), switches, memory, compile."""
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from kanvision.layers import BSplineKAN, KanMlp, RSWAFKAN, b_spline_basis, uniform_knots
+from kanvision.layers import bspline_fast
+
+
+def pair(cls, *args, **kwargs):
+    fast = cls(*args, impl="fast", **kwargs)
+    ref = cls(*args, impl="reference", **kwargs)
+    ref.load_state_dict(fast.state_dict())
+    return fast, ref
+
+
+def values_and_grads(layer, x):
+    layer.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_()
+    y = layer(x)
+    g = torch.sin(torch.arange(y.numel(), dtype=y.dtype)).reshape(y.shape)  # fixed, non-trivial cotangent
+    y.backward(g)
+    return y.detach(), x.grad, {n: p.grad for n, p in layer.named_parameters()}
+
+
+def assert_same(fast, ref, x, atol):
+    yf, gxf, gpf = values_and_grads(fast, x)
+    yr, gxr, gpr = values_and_grads(ref, x)
+    assert (yf - yr).abs().max() <= atol
+    assert (gxf - gxr).abs().max() <= atol * 10
+    for name in gpr:
+        assert (gpf[name] - gpr[name]).abs().max() <= atol * 10 * max(1.0, gpr[name].abs().max()), name
+
+
+def test_uniform_local_coefficients_are_a_partition_of_unity():
+    for k in range(1, 6):
+        c = bspline_fast.uniform_local_coefficients(k)
+        want = torch.zeros(k + 1, dtype=torch.float64)
+        want[0] = 1
+        assert torch.allclose(c.sum(0), want, atol=1e-14)  # sum_q B_q(f) == 1 for every f
+
+
+@pytest.mark.parametrize("order", [1, 2, 3, 4])
+@pytest.mark.parametrize("grid_size", [3, 5, 10])
+def test_uniform_basis_float32_within_1e6_including_outside(order, grid_size):
+    torch.manual_seed(order * 100 + grid_size)
+    grid = uniform_knots(6, grid_size, order, (-1, 1), dtype=torch.float32)
+    x = torch.rand(4000, 6) * 8 - 4  # far beyond the extended grid on both sides
+    x[:12] = grid[0, :12].unsqueeze(1).expand(-1, 6) if grid.size(1) >= 12 else x[:12]
+    x[-1] = grid[:, -1]  # last knot: outside (half-open)
+    spec = bspline_fast.SplineSpec(grid, order, bspline_fast.grid_is_uniform(grid), nn.SiLU())
+    assert spec.uniform
+    dense = bspline_fast.features_eager(x, spec)
+    ref = b_spline_basis(x, grid, order)
+    assert (dense[..., 1:] - ref).abs().max() <= 1e-6
+    assert (dense[..., 0] == torch.nn.functional.silu(x)).all()
+    assert (dense[-1, :, 1:] == 0).all()
+
+
+def test_layer_detects_uniform_and_non_uniform_grids():
+    torch.manual_seed(0)
+    layer = BSplineKAN(8, 4, dtype=torch.float64)
+    assert layer.fast_spec().uniform
+    state = {k: v.clone() for k, v in layer.state_dict().items()}
+    layer.update_grid(torch.randn(256, 8, dtype=torch.float64) * 0.5)
+    assert not layer.fast_spec().uniform  # rebuilt because the grid changed in place
+    layer.load_state_dict(state)
+    assert layer.fast_spec().uniform
+    layer.float()
+    assert layer.fast_spec().grid.dtype == torch.float32 and layer.fast_spec().uniform
+    # Knots rounded to float32 and cast up are not uniform at float64 precision: the exact local path serves them.
+    assert not BSplineKAN(8, 4).double().fast_spec().uniform
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("grid_size", [3, 5, 10])
+@pytest.mark.parametrize("uniform", [True, False])
+def test_gradcheck_float64_against_reference(order, grid_size, uniform):
+    torch.manual_seed(order * 10 + grid_size)
+    fast, ref = pair(BSplineKAN, 2, 2, grid_size=grid_size, spline_order=order, dtype=torch.float64)
+    x = torch.rand(4, 2, dtype=torch.float64) * 3.2 - 1.6
+    if not uniform:
+        fast.update_grid(torch.randn(64, 2, dtype=torch.float64) * 0.6)
+        ref.load_state_dict(fast.state_dict())
+    assert fast.fast_spec().uniform == uniform
+    names = [n for n, _ in fast.named_parameters()]
+
+    def run(layer):
+        return lambda inp, *ws: torch.func.functional_call(layer, dict(zip(names, ws)), (inp,))
+
+    inputs = (x.requires_grad_(), *[p.detach().clone().requires_grad_() for p in fast.parameters()])
+    assert torch.autograd.gradcheck(run(fast), inputs)
+    # ... and the analytic gradients are the reference path's.
+    gf = torch.autograd.grad(run(fast)(*inputs).sum(), inputs)
+    gr = torch.autograd.grad(run(ref)(*inputs).sum(), inputs)
+    for a, b in zip(gf, gr):
+        assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_float32_realistic_shape_values_and_grads():
+    torch.manual_seed(1)
+    fast, ref = pair(BSplineKAN, 192, 192)
+    x = torch.randn(2048, 192) * 1.2  # ~10% of entries beyond grid_range, some beyond the knots
+    assert_same(fast, ref, x, atol=1e-5)
+
+
+def test_generic_activation_and_no_scaler():
+    torch.manual_seed(2)
+    fast, ref = pair(BSplineKAN, 7, 5, base_activation=nn.GELU, enable_standalone_scale_spline=False)
+    assert_same(fast, ref, torch.randn(64, 7), atol=1e-5)
+
+
+def test_fast_path_saves_no_dense_basis():
+    torch.manual_seed(3)
+    n, din = 512, 16
+    sizes = {}
+    for impl in ("fast", "reference"):
+        layer = BSplineKAN(din, 8, impl=impl)
+        params = {p.untyped_storage().data_ptr() for p in layer.parameters()}
+        saved = []
+        pack = lambda t: saved.append(0 if t.untyped_storage().data_ptr() in params else t.numel()) or t  # noqa: E731
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = layer(torch.randn(n, din, requires_grad=True))
+        sizes[impl] = max(saved)
+        y.sum().backward()
+    assert sizes["fast"] == n * din  # x and the parameters themselves: no (N, in, G + k) tensor
+    assert sizes["reference"] >= n * din * 8
+
+
+def test_hessian_vector_product_through_fast_path():
+    torch.manual_seed(4)
+    fast, ref = pair(BSplineKAN, 3, 2, dtype=torch.float64)
+    x = torch.rand(6, 3, dtype=torch.float64) * 2 - 1
+    hv = {}
+    for name, layer in (("fast", fast), ("ref", ref)):
+        params = list(layer.parameters())
+        grads = torch.autograd.grad((layer(x) ** 2).sum(), params, create_graph=True)
+        dot = sum((g * torch.ones_like(g)).sum() for g in grads)
+        hv[name] = torch.autograd.grad(dot, params)
+    for a, b in zip(hv["fast"], hv["ref"]):
+        assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_switches_and_kan_mlp_forwarding():
+    with pytest.raises(ValueError, match="impl"):
+        BSplineKAN(4, 4, impl="cuda")
+    torch.manual_seed(5)
+    mlp = KanMlp(6, 10, kind="bspline", impl="reference", compile=False)
+    assert mlp.fc1.impl == "reference" and mlp.fc2.impl == "reference"
+    fast = KanMlp(6, 10, kind="bspline")
+    assert fast.fc1.impl == "fast"
+    fast.load_state_dict(mlp.state_dict())
+    x = torch.randn(3, 5, 6)
+    assert torch.allclose(fast(x), mlp(x), atol=1e-5)
+    assert set(BSplineKAN(4, 4, impl="reference").state_dict()) == set(BSplineKAN(4, 4).state_dict())
+
+
+@pytest.mark.slow
+def test_compile_switch_matches_reference_or_warns_once():
+    torch.manual_seed(6)
+    fast, ref = pair(BSplineKAN, 5, 3, compile=True)
+    x = torch.randn(40, 5) * 1.5
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert_same(fast, ref, x, atol=1e-5)
+        assert_same(fast, ref, x * 0.5, atol=1e-5)
+    failed = [w for w in caught if "torch.compile" in str(w.message)]
+    assert len(failed) <= 1
+    assert bool(failed) == bool(bspline_fast._COMPILE_FAILED)
