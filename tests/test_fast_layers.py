@@ -169,3 +169,64 @@ def test_compile_switch_matches_reference_or_warns_once():
     failed = [w for w in caught if "torch.compile" in str(w.message)]
     assert len(failed) <= 1
     assert bool(failed) == bool(bspline_fast._COMPILE_FAILED)
+
+
+def test_rswaf_fast_equals_reference_float32():
+    torch.manual_seed(7)
+    fast, ref = pair(RSWAFKAN, 48, 40)
+    with torch.no_grad():
+        fast.layernorm.weight.uniform_(0.5, 1.5)
+        fast.layernorm.bias.uniform_(-0.3, 0.3)
+    ref.load_state_dict(fast.state_dict())
+    assert_same(fast, ref, torch.randn(2, 256, 48) * 3, atol=1e-5)
+
+
+@pytest.mark.parametrize("h", [0.33, 1.0])
+def test_rswaf_gradcheck_float64_against_reference(h):
+    torch.manual_seed(8)
+    fast, ref = pair(RSWAFKAN, 3, 2, denominator=h, dtype=torch.float64)
+    names = [n for n, _ in fast.named_parameters()]
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    inputs = (x, *[p.detach().clone().requires_grad_() for p in fast.parameters()])
+
+    def run(layer):
+        return lambda inp, *ws: torch.func.functional_call(layer, dict(zip(names, ws)), (inp,))
+
+    assert torch.autograd.gradcheck(run(fast), inputs)
+    gf = torch.autograd.grad(run(fast)(*inputs).sum(), inputs)
+    gr = torch.autograd.grad(run(ref)(*inputs).sum(), inputs)
+    for a, b in zip(gf, gr):
+        assert torch.allclose(a, b, atol=1e-12)
+    assert torch.autograd.gradgradcheck(run(fast), inputs)  # Hessian-vector products stay exact
+
+
+def test_rswaf_switches_and_trainable_basis_fallback():
+    assert RSWAFKAN(4, 3).impl == "fast"
+    assert RSWAFKAN(4, 3, train_grid=True).impl == "reference"  # automatic: centres need gradients
+    with pytest.raises(ValueError, match="train_grid"):
+        RSWAFKAN(4, 3, train_denominator=True, impl="fast")
+    with pytest.raises(ValueError, match="impl"):
+        RSWAFKAN(4, 3, impl="triton")
+    mlp = KanMlp(6, 12, kind="rswaf", impl="reference")
+    assert mlp.fc1.impl == mlp.fc2.impl == "reference"
+    fast = KanMlp(6, 12, kind="rswaf")
+    fast.load_state_dict(mlp.state_dict())
+    x = torch.randn(5, 6)
+    assert torch.allclose(fast(x), mlp(x), atol=1e-5)
+    layer = RSWAFKAN(5, 3)
+    saved = []
+    params = {p.untyped_storage().data_ptr() for p in layer.parameters()}
+    with torch.autograd.graph.saved_tensors_hooks(
+            lambda t: saved.append(0 if t.untyped_storage().data_ptr() in params else t.numel()) or t, lambda t: t):
+        layer(torch.randn(64, 5, requires_grad=True))
+    assert max(saved) <= 64 * 5  # LayerNorm's input/output and u, never the (N, in * 8) basis
+
+
+@pytest.mark.slow
+def test_rswaf_compile_switch_matches_reference():
+    torch.manual_seed(9)
+    fast, ref = pair(RSWAFKAN, 5, 3, compile=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert_same(fast, ref, torch.randn(30, 5), atol=1e-5)
+    assert len([w for w in caught if "torch.compile" in str(w.message)]) <= 1

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .rswaf_fast import RSWAFKANFunction
+
 __all__ = ["RSWAFBasis", "RSWAFKAN", "rswaf_basis"]
 
 
@@ -74,10 +76,20 @@ class RSWAFKAN(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, grid_min: float = -2.0, grid_max: float = 2.0,
                  num_grids: int = 8, denominator: float = 0.33, train_grid: bool = False,
-                 train_denominator: bool = False, device=None, dtype=None):
+                 train_denominator: bool = False, device=None, dtype=None, impl: str | None = None,
+                 compile: bool = False):
         super().__init__()
         if int(in_features) < 1 or int(out_features) < 1:
             raise ValueError(f"RSWAFKAN: in_features and out_features must be >= 1, got {in_features}, {out_features}")
+        trainable_basis = bool(train_grid or train_denominator)
+        if impl is None:  # the fast kernel treats centres and width as constants
+            impl = "reference" if trainable_basis else "fast"
+        if impl not in ("fast", "reference"):
+            raise ValueError(f"RSWAFKAN: impl must be 'fast' or 'reference' (or None for automatic), got {impl!r}")
+        if impl == "fast" and trainable_basis:
+            raise ValueError("RSWAFKAN: impl='fast' needs fixed centres and width; with train_grid/train_denominator "
+                             "use impl='reference' (or leave impl unset)")
+        self.impl, self.compile = impl, bool(compile)
         factory = dict(device=device, dtype=dtype)
         self.in_features, self.out_features, self.num_grids = int(in_features), int(out_features), int(num_grids)
         self.layernorm = nn.LayerNorm(self.in_features, **factory)
@@ -103,7 +115,12 @@ class RSWAFKAN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
+        if self.impl == "fast":
+            u = self.layernorm(x).reshape(-1, self.in_features)
+            y = RSWAFKANFunction.apply(u, self.spline_linear.weight, self.rbf.grid, self.rbf.denominator, self.compile)
+            return y.reshape(*x.shape[:-1], self.out_features)
         return self.spline_linear(self.basis(x))
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, num_grids={self.num_grids}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, num_grids={self.num_grids}, "
+                f"impl={self.impl!r}, compile={self.compile}")
