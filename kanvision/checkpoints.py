@@ -261,7 +261,9 @@ def _ckpt_callbacks_best(ckpt_path: Path) -> Path | None:
     except Exception:
         return None
     for key, state in (ckpt.get("callbacks") or {}).items():
-        if "ModelCheckpoint" in str(key) and isinstance(state, dict) and state.get("best_model_path"):
+        # A ModelCheckpoint without a monitor records the newest file as its "best": not a best.
+        if "ModelCheckpoint" in str(key) and "'monitor': None" not in str(key) and isinstance(state, dict) \
+                and state.get("best_model_path"):
             best = Path(state["best_model_path"])
             for candidate in (best, ckpt_path.parent / best.name):  # the run may have been moved
                 if candidate.is_file():

@@ -37,7 +37,7 @@ def _cli_class():
         def add_arguments_to_parser(self, parser):
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
             parser.set_defaults({"checkpoint.monitor": "val/acc1", "checkpoint.mode": "max",
-                                 "checkpoint.save_last": True, "checkpoint.auto_insert_metric_name": False,
+                                 "checkpoint.save_last": False, "checkpoint.auto_insert_metric_name": False,
                                  "checkpoint.filename": "epoch{epoch:03d}-top1_{val/acc1:.4f}"})
             parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
             parser.add_argument("--name", default="kanvision",
@@ -48,7 +48,14 @@ def _cli_class():
             cfg = self._get(self.config_init, "trainer", default={})
             callbacks = list(cfg.get("callbacks") or [])
             if cfg.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
-                kwargs.setdefault("callbacks", callbacks + [RichProgressBar()])
+                callbacks.append(RichProgressBar())
+            if cfg.get("enable_checkpointing") is not False:
+                # Resumable runs: the monitored callback ("checkpoint.*") keeps the best; this one keeps the
+                # newest epoch, with last.ckpt linked to it (ModelCheckpoint only refreshes last.ckpt when it
+                # saves, i.e. when the monitored metric improved).
+                callbacks.append(ModelCheckpoint(filename="latest-epoch{epoch:03d}", monitor=None, save_top_k=1,
+                                                 save_last="link", auto_insert_metric_name=False))
+            kwargs.setdefault("callbacks", callbacks)
             if cfg.get("logger") in (None, True):
                 kwargs.setdefault("logger", default_loggers(cfg.get("default_root_dir") or RUNS_DIR,
                                                             self._get(self.config, "name") or "kanvision"))

@@ -1,0 +1,100 @@
+"""`kanvision fit|validate|test` through the real LightningCLI, on synthetic data and a one-block Mixer."""
+import re
+from pathlib import Path
+
+import lightning as L  # noqa: F401  (imported at collection: its log handlers must not bind a test's capture)
+import pytest
+import torch
+import yaml
+
+from kanvision import load_pretrained
+from kanvision.cli import main
+
+CONFIG = {
+    "model": {"model": "kan_mixer_tiny_p4_32", "kan": "bspline", "model_kwargs": {"num_blocks": 1}},
+    "data": {"dataset": "synthetic", "batch_size": 16, "num_workers": 0, "synthetic_size": 64, "augment": "none"},
+    "trainer": {"max_epochs": 1, "enable_progress_bar": False, "enable_model_summary": False,
+                "accelerator": "cpu", "devices": 1},
+}
+
+
+def write_config(tmp_path, **over):
+    cfg = {k: dict(v) for k, v in CONFIG.items()}
+    for key, value in over.items():
+        section, name = key.split("__")
+        cfg[section][name] = value
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+class StopAfterFirstEpoch(L.Callback):
+    """Ends fit after epoch 1 as a job killed at that point would, without changing the run's schedule."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        trainer.should_stop = True
+
+
+def run_dir(root: Path, name: str) -> Path:
+    return root / name / "version_0"
+
+
+def test_fit_writes_a_complete_run(tmp_path, capsys):
+    main(["fit", "--config", write_config(tmp_path), f"--trainer.default_root_dir={tmp_path}", "--name=t"])
+    out = capsys.readouterr().out
+    assert re.search(r"val: top-1 \d\.\d{4}  top-5 \d\.\d{4}", out)
+    assert "in KAN layers" in out
+    run = run_dir(tmp_path, "t")
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["model"]["kan"] == "bspline" and saved["data"]["dataset"] == "synthetic"
+    assert (run / "metrics.csv").read_text().startswith("epoch") and any((run / "tensorboard").iterdir())
+    hparams = (run / "hparams.yaml").read_text()
+    assert "params/kan" in hparams and "params/total" in hparams
+    last = run / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=False)
+    assert ckpt["kanvision"]["dataset"] == "synthetic" and "val/acc1" in ckpt["kanvision"]["metrics"]
+    assert ckpt["kanvision"]["num_classes"] == 10  # linked from the data
+    model = load_pretrained(last).eval()
+    weights = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
+
+    main(["test", "--config", write_config(tmp_path), f"--trainer.default_root_dir={tmp_path}", "--name=t2",
+          f"--ckpt_path={last}"])
+    assert re.search(r"test: top-1 \d\.\d{4}", capsys.readouterr().out)
+
+
+def test_print_config(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--config", write_config(tmp_path), "--model.kan=rswaf", "--print_config"])
+    assert e.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["kan"] == "rswaf" and printed["data"]["dataset"] == "synthetic"
+
+
+def test_user_errors_are_one_line(tmp_path):
+    with pytest.raises(SystemExit, match=r"kanvision: error: CIFAR-10 not found: looked for .*nothing_here"):
+        main(["fit", "--config", write_config(tmp_path), "--data.dataset=cifar10",
+              f"--data.root={tmp_path / 'nothing_here'}", "--data.download=false"])
+    with pytest.raises(SystemExit, match="kanvision: error: .*unknown kan kind 'kanish'"):
+        main(["fit", "--config", write_config(tmp_path), "--model.kan=kanish"])
+
+
+@pytest.mark.slow
+def test_resume_matches_uninterrupted(tmp_path):
+    """Stop after epoch 1, resume from last.ckpt to epoch 2: same weights as two epochs in one go."""
+    cfg = write_config(tmp_path, trainer__max_epochs=2, model__grid_update_every=3, model__grid_update_until=6)
+    main(["fit", "--config", cfg, f"--trainer.default_root_dir={tmp_path}", "--name=full"])
+    main(["fit", "--config", cfg, f"--trainer.default_root_dir={tmp_path}", "--name=part",
+          "--trainer.callbacks+=test_cli.StopAfterFirstEpoch"])
+    part_last = run_dir(tmp_path, "part") / "checkpoints" / "last.ckpt"
+    main(["fit", "--config", cfg, f"--trainer.default_root_dir={tmp_path}", "--name=resumed",
+          f"--ckpt_path={part_last}"])
+    full = torch.load(run_dir(tmp_path, "full") / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    resumed = torch.load(run_dir(tmp_path, "resumed") / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    once = torch.load(part_last, weights_only=False)
+    assert once["epoch"] == 0
+    once = once["state_dict"]
+    key = "model.blocks.0.mlp_channels.fc1.spline_weight"
+    assert not torch.allclose(once[key], full[key])  # epoch 2 did train
+    for k, v in full.items():
+        assert torch.allclose(v.float(), resumed[k].float(), atol=1e-5, rtol=1e-4), k
