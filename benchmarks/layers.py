@@ -1,0 +1,216 @@
+"""KAN layer speed and training memory against the matrix-multiply floor and PyPI peers.
+
+    .venv/bin/python benchmarks/layers.py [--threads 2] [--runs 7] [--warmup 3] [--out benchmarks/RESULTS.md]
+
+Per shape (N rows, in -> out) and implementation: median forward time (torch.no_grad), median
+forward+backward time (input requires grad, fixed cotangent, grads reset each run), and the extra memory of
+a training step. The floor is one nn.Linear on an already materialised (N, in * width) input that also
+requires grad: width = grid_size + order + 1 for B-splines (base branch included), 8 for RSWAF.
+Peers (`pip install -e .[bench]`): flashkan and inkan KANLayer, uniform cubic B-spline, grid 5, their
+defaults (both torch.compile their basis).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kanvision.layers import BSplineKAN, RSWAFKAN
+
+SHAPES = [(8192, 192, 192), (4096, 384, 1536), (16384, 64, 256)]
+GRID, ORDER, RSWAF_GRIDS = 5, 3, 8
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def peer(name: str):
+    def build(i, o):
+        module = __import__(name)
+        return module.KANLayer(i, o, grid_size=GRID, spline_order=ORDER)
+    return build
+
+
+def rows_for(i: int) -> list[tuple[str, int, object]]:
+    """(label, input width, builder(in, out)): input width != in means a floor on a wide input."""
+    return [
+        ("nn.Linear (MLP layer)", i, lambda a, b: nn.Linear(a, b)),
+        (f"floor B-spline: nn.Linear({i}*{GRID + ORDER + 1})", i * (GRID + ORDER + 1),
+         lambda a, b: nn.Linear(a, b, bias=False)),
+        ("B-spline reference", i, lambda a, b: BSplineKAN(a, b, impl="reference")),
+        ("B-spline fast eager", i, lambda a, b: BSplineKAN(a, b, impl="fast")),
+        ("B-spline fast compiled", i, lambda a, b: BSplineKAN(a, b, impl="fast", compile=True)),
+        ("flashkan KANLayer", i, peer("flashkan")),
+        ("inkan KANLayer", i, peer("inkan")),
+        (f"floor RSWAF: nn.Linear({i}*{RSWAF_GRIDS})", i * RSWAF_GRIDS, lambda a, b: nn.Linear(a, b, bias=False)),
+        ("RSWAF reference", i, lambda a, b: RSWAFKAN(a, b, impl="reference")),
+        ("RSWAF fast eager", i, lambda a, b: RSWAFKAN(a, b, impl="fast")),
+        ("RSWAF fast compiled", i, lambda a, b: RSWAFKAN(a, b, impl="fast", compile=True)),
+    ]
+
+
+def median_ms(fn, runs: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def training_step_bytes(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> int:
+    """Bytes saved for backward (distinct storages, parameters excluded, the input included if saved) + output."""
+    params = {p.untyped_storage().data_ptr() for p in layer.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in params:
+            seen[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = layer(x)
+    total = sum(seen.values()) + y.untyped_storage().nbytes()
+    y.backward(grad)
+    return total
+
+
+def bench_row(build, n, width, out, runs, warmup) -> dict:
+    torch.manual_seed(0)
+    layer = build(width, out)
+    x = (torch.rand(n, width) * 2.4 - 1.2).requires_grad_()  # ~1/6 of entries beyond grid_range
+    grad = torch.randn(n, out)
+
+    def fwd():
+        with torch.no_grad():
+            layer(x)
+
+    def step():
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        layer(x).backward(grad)
+
+    step()  # first call outside the timers: torch.compile traces here
+    fwd()
+    return {"fwd": median_ms(fwd, runs, warmup), "step": median_ms(step, runs, warmup),
+            "mem": training_step_bytes(layer, x, grad)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--shapes", default=None, help="e.g. '8192x192x192,4096x384x1536' (N x in x out)")
+    ap.add_argument("--only", default=None, help="comma-separated substrings of row labels to run")
+    ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")), help="'' to not write")
+    ap.add_argument("--note", default="", help="free text added to the method (e.g. machine load)")
+    args = ap.parse_args(argv)
+    if args.threads < 1 or args.runs < 1 or args.warmup < 0:
+        raise SystemExit("--threads and --runs must be >= 1, --warmup >= 0")
+    try:
+        shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes.split(",")] if args.shapes else SHAPES
+        assert all(len(s) == 3 for s in shapes)
+    except (ValueError, AssertionError):
+        raise SystemExit(f"--shapes must look like 8192x192x192[,N x in x out...], got {args.shapes!r}")
+    torch.set_num_threads(args.threads)
+
+    lines = [
+        "# KAN layer benchmark",
+        "",
+        f"- command: `{' '.join(['python', 'benchmarks/layers.py', *(argv if argv is not None else sys.argv[1:])])}`",
+        f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; CPU: {cpu_model()} "
+        f"({torch.get_num_threads()} threads used); torch {torch.__version__}; Python {platform.python_version()}",
+        f"- timing: median of {args.runs} runs after {args.warmup} warm-up runs (plus one untimed first call that "
+        "absorbs torch.compile); forward under torch.no_grad; forward+backward = forward, backward of a fixed "
+        "random cotangent with the input requiring grad",
+        "- memory: training-step extra = bytes of the distinct tensors saved for backward (via "
+        "torch.autograd.graph.saved_tensors_hooks; parameters excluded, the layer input counted when saved) plus "
+        "the output; transient buffers freed inside forward/backward are not counted",
+        f"- layers: B-spline grid {GRID}, order {ORDER} (efficient-kan defaults), RSWAF {RSWAF_GRIDS} centres; "
+        "inputs uniform in [-1.2, 1.2]; floor = nn.Linear without bias on a materialised input of in*width "
+        "columns that requires grad (width 9 for B-spline, 8 for RSWAF)",
+    ]
+    if args.note:
+        lines.append(f"- note: {args.note}")
+    lines += ["", "| shape (N, in->out) | implementation | forward ms | fwd+bwd ms | fwd+bwd / floor | train-step extra MB |",
+              "|---|---|---:|---:|---:|---:|"]
+    print("\n".join(lines), flush=True)
+    results = {}
+    for n, i, o in shapes:
+        floors = {}
+        for label, width, build in rows_for(i):
+            if args.only and not any(s.strip() in label for s in args.only.split(",")):
+                continue
+            try:
+                r = bench_row(build, n, width, o, args.runs, args.warmup)
+            except Exception as e:  # noqa: BLE001 - a peer that cannot run here is reported, not fatal
+                traceback.print_exc(file=sys.stderr)
+                row = f"| {n}, {i}->{o} | {label} | failed: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''} | | | |"
+                print(row, flush=True)
+                lines.append(row)
+                continue
+            results[(n, i, o, label)] = r
+            kind = "RSWAF" if "RSWAF" in label else "B-spline"
+            if label.startswith("floor"):
+                floors[kind] = r["step"]
+            ratio = f"{r['step'] / floors[kind]:.2f}" if kind in floors and "nn.Linear (MLP" not in label else ""
+            row = (f"| {n}, {i}->{o} | {label} | {r['fwd']:.1f} | {r['step']:.1f} | {ratio} | "
+                   f"{r['mem'] / 2**20:.1f} |")
+            print(row, flush=True)
+            lines.append(row)
+    lines += ["", *summary(results, shapes)]
+    print("\n".join(lines[-(len(summary(results, shapes)) + 1):]))
+    if args.out:
+        Path(args.out).write_text("\n".join(lines) + "\n")
+        print(f"\nwritten to {args.out}")
+    return 0
+
+
+def summary(results: dict, shapes) -> list[str]:
+    out = ["## Ratios (fwd+bwd time; memory at the same shape)", ""]
+    for n, i, o in shapes:
+        r = {k[3]: v for k, v in results.items() if k[:3] == (n, i, o)}
+        floor_b = next((v for k, v in r.items() if k.startswith("floor B-spline")), None)
+        floor_r = next((v for k, v in r.items() if k.startswith("floor RSWAF")), None)
+        parts = []
+        ref = r.get("B-spline reference")
+        for name in ("B-spline fast eager", "B-spline fast compiled"):
+            if name in r:
+                v = r[name]
+                bits = [f"{v['step'] / floor_b['step']:.2f}x floor" if floor_b else None,
+                        f"{ref['step'] / v['step']:.1f}x faster than reference" if ref else None,
+                        f"memory {v['mem'] / ref['mem']:.3f} of reference" if ref else None]
+                bits += [f"{r[p]['step'] / v['step']:.2f}x faster than {p.split()[0]}" for p in
+                         ("flashkan KANLayer", "inkan KANLayer") if p in r]
+                parts.append(f"- {name}: " + ", ".join(b for b in bits if b))
+        for name in ("RSWAF fast eager", "RSWAF fast compiled"):
+            if name in r and floor_r:
+                v, rr = r[name], r.get("RSWAF reference")
+                extra = f", {rr['step'] / v['step']:.1f}x faster than reference" if rr else ""
+                parts.append(f"- {name}: {v['step'] / floor_r['step']:.2f}x floor{extra}")
+        if parts:
+            out += [f"N={n}, {i}->{o}:", *parts, ""]
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
