@@ -72,10 +72,11 @@ def _cli_class():
 
         def _report(self, stage):
             m = self.trainer.callback_metrics
+            log_dir = self.trainer.log_dir  # a collective under DDP (broadcast): every rank must ask
             if f"{stage}/acc1" in m and self.trainer.is_global_zero:
                 ckpt = getattr(self.trainer.checkpoint_callback, "best_model_path", "") or "-"
                 print(f"{stage}: top-1 {float(m[f'{stage}/acc1']):.4f}  top-5 {float(m[f'{stage}/acc5']):.4f}  "
-                      f"(log dir {self.trainer.log_dir}; best checkpoint {ckpt})")
+                      f"(log dir {log_dir}; best checkpoint {ckpt})")
 
     return KanvisionCLI
 

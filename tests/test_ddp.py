@@ -1,0 +1,98 @@
+"""DDP through the real CLI: 2 CPU processes (gloo) on synthetic data, one B-spline Mixer block.
+
+Checks what DDP can silently get wrong: one run directory / checkpoint set (not one per rank), validation
+metrics reduced over both ranks' halves of the data, and grid updates that leave every rank with the same
+knots and coefficients.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+
+from kanvision.layers import BSplineKAN
+from kanvision.layers.bspline import uniform_knots
+
+VAL_SIZE = 32  # synthetic test split = synthetic_size // 4; even per rank, so no sampler padding
+
+
+class RankProbe(L.Callback):
+    """Per rank: the validation images it saw and its own correct count, the logged (reduced) metrics, and
+    every B-spline grid and coefficient tensor at the end of training."""
+
+    def __init__(self, out_dir: str):
+        self.out = Path(out_dir)
+        self.correct = self.seen = 0
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        self.correct = self.seen = 0
+
+    @torch.no_grad()
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        x, y = batch
+        self.correct += int((pl_module(x).argmax(-1) == y).sum())
+        self.seen += len(y)
+
+    def on_validation_end(self, trainer, pl_module):
+        m = trainer.callback_metrics
+        record = dict(correct=self.correct, seen=self.seen, acc1=float(m["val/acc1"]), loss=float(m["val/loss"]))
+        (self.out / f"val_rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+    def on_train_end(self, trainer, pl_module):
+        tensors = {}
+        for name, layer in pl_module.model.named_modules():
+            if isinstance(layer, BSplineKAN):
+                tensors[name + ".grid"] = layer.grid.detach().clone()
+                tensors[name + ".spline_weight"] = layer.spline_weight.detach().clone()
+        torch.save(tensors, self.out / f"grids_rank{trainer.global_rank}.pt")
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tmp_path):
+    config = {
+        "model": {"model": "kan_mixer_tiny_p4_32", "kan": "bspline", "model_kwargs": {"num_blocks": 1},
+                  # grid updates at steps 0 and 2 (of 4): every rank must apply the same refit
+                  "grid_update_every": 2, "grid_update_until": 2},
+        "data": {"dataset": "synthetic", "batch_size": 16, "num_workers": 0, "synthetic_size": 4 * VAL_SIZE,
+                 "augment": "none"},
+        "trainer": {"max_epochs": 1, "accelerator": "cpu", "devices": 2, "strategy": "ddp",
+                    "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0,
+                    "default_root_dir": str(tmp_path / "runs"),
+                    "callbacks": [{"class_path": "test_ddp.RankProbe", "init_args": {"out_dir": str(tmp_path)}}]},
+        "name": "ddp",
+    }
+    cfg = tmp_path / "ddp.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "kanvision.cli", "fit", "--config", str(cfg)], env=env,
+                          capture_output=True, text=True, timeout=540, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "val: top-1" in proc.stdout
+
+    # One run directory with one set of checkpoints, written by rank 0 only.
+    ckpt_dirs = sorted(p for p in (tmp_path / "runs").rglob("checkpoints") if p.is_dir())
+    assert len(ckpt_dirs) == 1, ckpt_dirs
+    assert (ckpt_dirs[0].parent / "config.yaml").is_file() and any(ckpt_dirs[0].glob("*.ckpt"))
+
+    # Metrics: each rank validated half of the images; the logged value is the accuracy over all of them.
+    ranks = [json.loads((tmp_path / f"val_rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["seen"] for r in ranks] == [VAL_SIZE // 2] * 2
+    global_acc = sum(r["correct"] for r in ranks) / VAL_SIZE
+    for r in ranks:
+        assert r["acc1"] == pytest.approx(global_acc, abs=1e-6)
+    assert ranks[0]["loss"] == pytest.approx(ranks[1]["loss"], abs=1e-6)  # sync_dist: same mean on both
+
+    # Grids: updated (no longer the initial uniform knots) and bit-identical on both ranks.
+    g0, g1 = (torch.load(tmp_path / f"grids_rank{r}.pt") for r in (0, 1))
+    assert g0.keys() == g1.keys() and any(k.endswith(".grid") for k in g0)
+    for key in g0:
+        assert torch.equal(g0[key], g1[key]), key
+    grids = [v for k, v in g0.items() if k.endswith(".grid")]
+    assert all(not torch.allclose(g, uniform_knots(g.shape[0], 5, 3, (-1, 1))) for g in grids)
