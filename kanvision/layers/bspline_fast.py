@@ -77,7 +77,17 @@ class SplineSpec:
             self.row_offset = torch.arange(grid.size(0), device=grid.device) * grid.size(1)
             self.inv_h = (n_int / (g64[:, -1] - g64[:, 0])).to(grid.dtype)
             self.coeff = uniform_local_coefficients(self.order, grid.dtype, grid.device)
-            self.coeff_list = uniform_local_coefficients(self.order).tolist()
+            c64 = uniform_local_coefficients(self.order)
+            self.coeff_t = c64.t().reshape(self.order + 1, self.order + 1, 1, 1).to(grid.dtype).to(grid.device)
+            powers = torch.arange(1, self.order + 1, dtype=torch.float64)
+            self.dcoeff_t = (c64[:, 1:] * powers).t().reshape(self.order, self.order + 1, 1, 1).to(
+                grid.dtype).to(grid.device)
+            # Dense column of local basis q on interval j (0 = none); row nb + k is the "outside" sentinel.
+            j = torch.arange(n_int + 1).unsqueeze(0)
+            m = j - self.order + torch.arange(self.order + 1).unsqueeze(1)
+            valid = (m >= 0) & (m < self.num_bases) & (j < n_int)
+            self.col_table = torch.where(valid, m + 1, 0).to(grid.device)
+            self.col_offset = (torch.arange(self.order + 1) * (n_int + 1)).view(-1, 1, 1).to(grid.device)
         else:
             # Replicated end knots let every interval read its 2k + 2 neighbouring knots; the extra bases they create are
             # masked, and de Boor's denominators stay > 0 on any non-empty interval.
@@ -86,31 +96,29 @@ class SplineSpec:
 
 
 def _uniform_local(x: torch.Tensor, spec: SplineSpec, derivative: bool):
-    # Everything here is an (N, in) op: broadcasting against a length-(k+1) last axis is several times
-    # slower on CPU than k+1 contiguous passes of the same total size.
+    """(col, w, dw), each (k+1, N, in): local basis q on axis 0. Not masked: an input outside the extended
+    grid gets the sentinel interval whose columns are all slot 0, and f is clamped to [0, 1] so w and dw stay
+    finite there (callers overwrite / zero slot 0). Few, in-place, contiguous ops: on a shared CPU every op
+    pays a thread-synchronisation toll, and a length-(k+1) innermost axis would not vectorise."""
     k, nb = spec.order, spec.num_bases
-    t = (x - spec.g0) * spec.inv_h
-    inside = (t >= 0) & (t < nb + k)  # half-open, like the reference: nothing outside the extended grid
-    j = torch.where(inside, torch.floor(t), 0.0).to(torch.long)
+    t = (x - spec.g0).mul_(spec.inv_h)
+    inside = (t >= 0).logical_and_(t < nb + k)  # half-open, like the reference
+    j = torch.where(inside, t.floor_(), float(nb + k)).to(torch.long)
     # f measured from the stored knot, not as t - j: x - g_j is nearly exact, while t carries the rounding
     # of x - g_0 amplified by 1/h (an error of ~1e-6 in float32 for 10 intervals).
-    f = torch.where(inside, (x - torch.take(spec.grid, j + spec.row_offset)) * spec.inv_h, 0.0)
-    c = spec.coeff_list
-    w = []
-    for q in range(k + 1):  # Horner in f, scalar coefficients
-        v = torch.full_like(f, c[q][k])
-        for p in range(k - 1, -1, -1):
-            v = v.mul_(f).add_(c[q][p])
-        w.append(v)
+    f = torch.sub(x, torch.take(spec.grid, j + spec.row_offset)).mul_(spec.inv_h).clamp_(0, 1).unsqueeze(0)
+    c = spec.coeff_t  # (k+1 powers, k+1 bases, 1, 1): Horner over all local bases at once
+    w = torch.addcmul(c[k - 1], c[k], f)
+    for p in range(k - 2, -1, -1):
+        w.mul_(f).add_(c[p])
     dw = None
     if derivative:
-        dw = []
-        for q in range(k + 1):
-            v = torch.full_like(f, c[q][k] * k)
-            for p in range(k - 1, 0, -1):
-                v = v.mul_(f).add_(c[q][p] * p)
-            dw.append(v.mul_(spec.inv_h))
-    return j, inside, w, dw
+        d = spec.dcoeff_t
+        dw = torch.addcmul(d[k - 2], d[k - 1], f) if k > 1 else d[0].expand_as(w).clone()
+        for p in range(k - 3, -1, -1):
+            dw.mul_(f).add_(d[p])
+    col = torch.take(spec.col_table, j.unsqueeze(0) + spec.col_offset)
+    return col, w, dw
 
 
 def _nonuniform_local(x: torch.Tensor, spec: SplineSpec, derivative: bool):
@@ -152,20 +160,18 @@ def _nonuniform_local(x: torch.Tensor, spec: SplineSpec, derivative: bool):
 
 
 def local_bases(x: torch.Tensor, spec: SplineSpec, derivative: bool = False):
-    """Per local basis q = 0..k, (col, w, dw) of shape (N, in, 1): the dense column 1 + m (0 where that basis
-    does not exist: slot 0 is overwritten by the caller), its value and, if asked, d/dx (zero where invalid).
-    Kept as k + 1 separate tensors: stacking them along a last axis of length k + 1 is a slow strided copy."""
+    """(col, w, dw), each (k+1, N, in) for local basis q = 0..k: the dense column 1 + m (0 where that basis
+    does not exist: slot 0 is overwritten / zeroed by the caller), its value and, if asked, d/dx."""
+    if spec.uniform:
+        return _uniform_local(x, spec, derivative)
     k, nb = spec.order, spec.num_bases
-    j, inside, w, dw = (_uniform_local if spec.uniform else _nonuniform_local)(x, spec, derivative)
-    out = []
-    for q in range(k + 1):
-        m = j + (q - k)
-        valid = inside & (m >= 0) & (m < nb)
-        col = torch.where(valid, m + 1, 0).unsqueeze(-1)
-        wq = torch.where(valid, w[q], 0.0).unsqueeze(-1)
-        dq = torch.where(valid, dw[q], 0.0).unsqueeze(-1) if dw is not None else None
-        out.append((col, wq, dq))
-    return out
+    j, inside, w, dw = _nonuniform_local(x, spec, derivative)
+    m = j.unsqueeze(0) + torch.arange(-k, 1, device=x.device).view(-1, 1, 1)
+    valid = inside & (m >= 0) & (m < nb)
+    col = torch.where(valid, m + 1, 0)
+    w = torch.where(valid, torch.stack(w), 0.0)
+    dw = torch.where(valid, torch.stack(dw), 0.0) if dw is not None else None
+    return col, w, dw
 
 
 def _activation_and_grad(x: torch.Tensor, act: nn.Module, grad: torch.Tensor | None):
@@ -182,17 +188,19 @@ def _activation_and_grad(x: torch.Tensor, act: nn.Module, grad: torch.Tensor | N
 def features_eager(x: torch.Tensor, spec: SplineSpec) -> torch.Tensor:
     """Dense (N, in, 1 + G + k): slot 0 = act(x), slot 1 + m = B_m(x); one zero fill + one scatter."""
     buf = torch.zeros(x.size(0), x.size(1), 1 + spec.num_bases, dtype=x.dtype, device=x.device)
-    for col, w, _ in local_bases(x, spec):
-        buf.scatter_(2, col, w)
+    col, w, _ = local_bases(x, spec)
+    buf.scatter_(2, col.permute(1, 2, 0), w.permute(1, 2, 0))
     buf[..., 0] = spec.activation(x)  # after the scatter: invalid bases were parked in slot 0
     return buf
 
 
 def input_grad_eager(x: torch.Tensor, gbuf: torch.Tensor, spec: SplineSpec) -> torch.Tensor:
     gx = _activation_and_grad(x, spec.activation, gbuf[..., 0])
-    for col, _, dw in local_bases(x, spec, derivative=True):
-        gx = gx.addcmul_(torch.gather(gbuf, 2, col).squeeze(-1), dw.squeeze(-1))
-    return gx
+    gbuf[..., 0] = 0  # local bases that do not exist were parked on slot 0: they must gather zero
+    col, _, dw = local_bases(x, spec, derivative=True)
+    g = torch.gather(gbuf, 2, col.permute(1, 2, 0)).permute(2, 0, 1)
+    spline = g.mul_(dw).sum(0)
+    return gx.add_(spline.mul_(spec.inv_h) if spec.uniform else spline)  # uniform dw is d/df: times df/dx
 
 
 def _features_dense(x, grid, row_offset, g0, inv_h, coeff, order: int, num_bases: int, silu: bool):
