@@ -13,13 +13,15 @@ from typing import Any, Callable, Mapping
 
 import torch
 from timm.layers import Mlp
+from timm.models import build_model_with_cfg
 from torch import nn
 
 from ..layers import BSplineKAN, RSWAFKAN, kan_mlp_layer
 from ..layers.kan_mlp import normalize_kan_kind
 
 __all__ = [
-    "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD", "KanSpec", "checkpoint_filter_fn",
+    "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD", "KanSpec", "build_kan_model",
+    "checkpoint_filter_fn",
     "count_parameters", "kan_model_cls", "kan_modules", "reset_kan_layers", "with_hidden",
 ]
 
@@ -172,6 +174,23 @@ def kan_model_cls(cls: Callable[..., nn.Module], post: Callable[[nn.Module], nn.
 
     make.__name__ = getattr(cls, "__name__", "model")
     return make
+
+
+def build_kan_model(cls, variant: str, pretrained: bool, spec: KanSpec, kwargs: dict[str, Any], *,
+                    layer_kwargs: Callable[[KanSpec], dict[str, Any]] = lambda s: {},
+                    post: Callable[..., nn.Module] | None = None, filter_fn: Callable | None = None) -> nn.Module:
+    """timm's build_model_with_cfg for `cls` with what `spec` asks: `layer_kwargs(spec)` (e.g. mlp_layer=...)
+    go to the constructor, `post(model, spec=spec)` edits the built model; match_params is resolved first
+    by counting candidate models on the meta device."""
+    feature_cfg = dict(out_indices=kwargs.pop("out_indices", 3), feature_cls="getter")
+
+    def build(s: KanSpec, pretrained: bool = False) -> nn.Module:
+        make = kan_model_cls(cls, post=None if post is None else functools.partial(post, spec=s))
+        return build_model_with_cfg(make, variant, pretrained, pretrained_filter_fn=filter_fn or checkpoint_filter_fn,
+                                    feature_cfg=feature_cfg, **kwargs, **layer_kwargs(s))
+
+    spec = spec.resolve(lambda s: count_on_meta(functools.partial(build, s)))
+    return build(spec, pretrained)
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:

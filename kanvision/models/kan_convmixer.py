@@ -12,14 +12,12 @@ depth: drop_path_rate > 0 is refused rather than silently ignored.
 """
 from __future__ import annotations
 
-from functools import partial
-
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models.convmixer import ConvMixer
 from torch import nn
 
 from ..layers import ChannelsFirst
-from ._factory import KanSpec, checkpoint_filter_fn, cifar_cfg, count_on_meta, kan_model_cls
+from ._factory import KanSpec, build_kan_model, cifar_cfg
 
 POINTWISE = 1  # index of the 1x1 conv inside each timm ConvMixer block (nn.Sequential)
 
@@ -48,15 +46,7 @@ def _create_kan_convmixer(variant, pretrained=False, kan=None, kan_hidden=None, 
     if drop_path_rate:
         raise ValueError(f"{variant}: drop_path_rate={drop_path_rate} has nothing to act on: ConvMixer has no "
                          "residual around its channel mixer (timm's ConvMixer has no stochastic depth); use 0")
-    feature_cfg = dict(out_indices=kwargs.pop("out_indices", 3), feature_cls="getter")
-
-    def build(s: KanSpec, pretrained=False):
-        return build_model_with_cfg(kan_model_cls(ConvMixer, post=partial(_swap_channel_mixers, spec=s)), variant,
-                                    pretrained, pretrained_filter_fn=checkpoint_filter_fn, feature_cfg=feature_cfg,
-                                    **kwargs)
-
-    spec = spec.resolve(lambda s: count_on_meta(partial(build, s)))
-    return build(spec, pretrained)
+    return build_kan_model(ConvMixer, variant, pretrained, spec, kwargs, post=_swap_channel_mixers)
 
 
 default_cfgs = generate_default_cfgs({

@@ -8,13 +8,11 @@ CIFAR-100 table).
 """
 from __future__ import annotations
 
-from functools import partial
-
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer
 from timm.models.vision_transformer import checkpoint_filter_fn as vit_filter_fn
 
-from ._factory import KanSpec, checkpoint_filter_fn, cifar_cfg, count_on_meta, kan_model_cls
+from ._factory import KanSpec, build_kan_model, checkpoint_filter_fn, cifar_cfg
 
 WIDTHS = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}  # embed dim, heads (DeiT)
 
@@ -30,15 +28,8 @@ def _create_kan_deit(variant, pretrained=False, kan=None, kan_hidden=None, kan_k
     if kwargs.get("mlp_layer"):
         raise ValueError("kan_deit models build their own mlp_layer from kan=...; do not pass mlp_layer")
     embed_dim = kwargs["embed_dim"]
-    feature_cfg = dict(out_indices=kwargs.pop("out_indices", 3), feature_cls="getter")
-
-    def build(s: KanSpec, pretrained=False):
-        return build_model_with_cfg(kan_model_cls(VisionTransformer), variant, pretrained, pretrained_filter_fn=_filter_fn,
-                                    feature_cfg=feature_cfg, **kwargs,
-                                    mlp_layer=s.mlp_layer(default_hidden=embed_dim if s.is_kan else None))
-
-    spec = spec.resolve(lambda s: count_on_meta(partial(build, s)))
-    return build(spec, pretrained)
+    return build_kan_model(VisionTransformer, variant, pretrained, spec, kwargs, filter_fn=_filter_fn, layer_kwargs=lambda s: dict(
+        mlp_layer=s.mlp_layer(default_hidden=embed_dim if s.is_kan else None)))
 
 
 def _cfg(num_classes: int, img_size: int):

@@ -10,10 +10,10 @@ from __future__ import annotations
 from functools import partial
 
 from timm.layers import Mlp
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models.mlp_mixer import MixerBlock, MlpMixer
 
-from ._factory import KanSpec, checkpoint_filter_fn, cifar_cfg, count_on_meta, kan_model_cls
+from ._factory import KanSpec, build_kan_model, cifar_cfg
 
 __all__ = ["kan_mixer_block"]
 
@@ -48,17 +48,10 @@ def _create_kan_mixer(variant, pretrained=False, kan=None, kan_hidden=None, kan_
     if kwargs.get("block_layer") or kwargs.get("mlp_layer"):
         raise ValueError("kan_mixer models build their own block_layer/mlp_layer from kan=...; do not pass them")
     embed_dim = kwargs["embed_dim"]
-    feature_cfg = dict(out_indices=kwargs.pop("out_indices", 3), feature_cls="getter")
-
-    def build(s: KanSpec, pretrained=False):
-        return build_model_with_cfg(kan_model_cls(MlpMixer), variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-                                    feature_cfg=feature_cfg, **kwargs,
-                                    block_layer=_block_layer(s, embed_dim, kan_token_mixing and s.is_kan))
-
     # The matched MLP widens only the channel MLPs; with kan_token_mixing the KAN target includes
     # KAN token MLPs, so the channel MLP absorbs that difference too.
-    spec = spec.resolve(lambda s: count_on_meta(partial(build, s)))
-    return build(spec, pretrained)
+    return build_kan_model(MlpMixer, variant, pretrained, spec, kwargs, layer_kwargs=lambda s: dict(
+        block_layer=_block_layer(s, embed_dim, kan_token_mixing and s.is_kan)))
 
 
 default_cfgs = generate_default_cfgs({
