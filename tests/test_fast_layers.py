@@ -102,7 +102,7 @@ def test_gradcheck_float64_against_reference(order, grid_size, uniform):
 def test_float32_realistic_shape_values_and_grads():
     torch.manual_seed(1)
     fast, ref = pair(BSplineKAN, 192, 192)
-    x = torch.randn(2048, 192) * 1.2  # ~10% of entries beyond grid_range, some beyond the knots
+    x = torch.randn(768, 192) * 1.2  # 3 images x 256 tokens; ~40% beyond grid_range, some beyond the knots
     assert_same(fast, ref, x, atol=1e-5)
 
 
@@ -184,9 +184,9 @@ def test_rswaf_fast_equals_reference_float32():
 @pytest.mark.parametrize("h", [0.33, 1.0])
 def test_rswaf_gradcheck_float64_against_reference(h):
     torch.manual_seed(8)
-    fast, ref = pair(RSWAFKAN, 3, 2, denominator=h, dtype=torch.float64)
+    fast, ref = pair(RSWAFKAN, 2, 2, num_grids=4, denominator=h, dtype=torch.float64)
     names = [n for n, _ in fast.named_parameters()]
-    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
     inputs = (x, *[p.detach().clone().requires_grad_() for p in fast.parameters()])
 
     def run(layer):

@@ -203,43 +203,48 @@ def input_grad_eager(x: torch.Tensor, gbuf: torch.Tensor, spec: SplineSpec) -> t
     return gx.add_(spline.mul_(spec.inv_h) if spec.uniform else spline)  # uniform dw is d/df: times df/dx
 
 
-def _features_dense(x, grid, row_offset, g0, inv_h, coeff, order: int, num_bases: int, silu: bool):
-    # Written densely for torch.compile: every output element computes its own polynomial, one fused pass.
+def _local_weights_dense(x, grid, row_offset, g0, inv_h, coeff, order: int, num_bases: int, derivative: bool):
     k = order
-    t = ((x - g0) * inv_h).unsqueeze(-1)
+    t = (x - g0) * inv_h
     inside = (t >= 0) & (t < num_bases + k)
-    jf = torch.where(inside, torch.floor(t), 0.0)
-    f = (x.unsqueeze(-1) - torch.take(grid, jf.to(torch.long) + row_offset.unsqueeze(-1))) * inv_h.unsqueeze(-1)
+    j = torch.where(inside, torch.floor(t), -(num_bases + k + 1.0))  # outside: no basis index matches
+    f = (x - torch.take(grid, j.clamp(min=0).to(torch.long) + row_offset)) * inv_h
+    ws = []
+    for q in range(k + 1):
+        if derivative:
+            v = coeff[q, k] * k
+            for p in range(k - 1, 0, -1):
+                v = v * f + coeff[q, p] * p
+        else:
+            v = coeff[q, k]
+            for p in range(k - 1, -1, -1):
+                v = v * f + coeff[q, p]
+        ws.append(v)
+    return j, ws
+
+
+def _features_dense(x, grid, row_offset, g0, inv_h, coeff, order: int, num_bases: int, silu: bool):
+    # For torch.compile: no scatter, no indirect loads per basis. Each dense element picks its local weight
+    # by comparing its index with j - k + q, so the compiler emits one vectorised pass that writes the buffer.
+    j, ws = _local_weights_dense(x, grid, row_offset, g0, inv_h, coeff, order, num_bases, False)
     m = torch.arange(num_bases, device=x.device, dtype=x.dtype)
-    q = m - jf + k  # local index of basis m on this interval
-    ok = inside & (q >= 0) & (q <= k)
-    qi = torch.where(ok, q, 0.0).to(torch.long)
-    c = coeff[qi]  # (N, in, nb, k + 1): indirect loads from a tiny table, fused by the compiler
-    val = c[..., k]
-    for p in range(k - 1, -1, -1):
-        val = val * f + c[..., p]
-    bases = torch.where(ok, val, 0.0)
+    rel = m - j.unsqueeze(-1) + order  # local index q of basis m, if it is one of the k + 1
+    bases = torch.zeros_like(rel)
+    for q, w in enumerate(ws):
+        bases = torch.where(rel == q, w.unsqueeze(-1), bases)
     act = F.silu(x) if silu else x
     return torch.cat([act.unsqueeze(-1), bases], -1)
 
 
 def _input_grad_dense(x, gbuf, grid, row_offset, g0, inv_h, coeff, order: int, num_bases: int):
-    k = order
-    t = (x - g0) * inv_h
-    inside = (t >= 0) & (t < num_bases + k)
-    j = torch.where(inside, torch.floor(t), 0.0).to(torch.long)
-    f = torch.where(inside, (x - torch.take(grid, j + row_offset)) * inv_h, 0.0)
-    gx = torch.zeros_like(x)
-    for q in range(k + 1):
-        m = j - k + q
-        ok = inside & (m >= 0) & (m < num_bases)
-        g = torch.gather(gbuf, 2, torch.where(ok, m + 1, 0).unsqueeze(-1)).squeeze(-1)
-        d = coeff[q, k] * k
-        for p in range(k - 1, 0, -1):
-            d = d * f + coeff[q, p] * p
-        gx = gx + torch.where(ok, g * d, 0.0)
+    j, dws = _local_weights_dense(x, grid, row_offset, g0, inv_h, coeff, order, num_bases, True)
+    m = torch.arange(num_bases, device=x.device, dtype=x.dtype)
+    rel = m - j.unsqueeze(-1) + order
+    d = torch.zeros_like(rel)
+    for q, dw in enumerate(dws):
+        d = torch.where(rel == q, dw.unsqueeze(-1), d)
     s = torch.sigmoid(x)
-    return gx * inv_h + gbuf[..., 0] * (s * (1 + x * (1 - s)))
+    return (gbuf[..., 1:] * d).sum(-1) * inv_h + gbuf[..., 0] * (s * (1 + x * (1 - s)))
 
 
 _COMPILED: dict[str, object] = {}
