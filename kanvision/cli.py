@@ -74,7 +74,9 @@ def _cli_class():
             m = self.trainer.callback_metrics
             log_dir = self.trainer.log_dir  # a collective under DDP (broadcast): every rank must ask
             if f"{stage}/acc1" in m and self.trainer.is_global_zero:
-                ckpt = getattr(self.trainer.checkpoint_callback, "best_model_path", "") or "-"
+                # The monitored ModelCheckpoint, not the newest-epoch one (its "best" is just the latest file).
+                monitored = [c for c in self.trainer.checkpoint_callbacks if getattr(c, "monitor", None)]
+                ckpt = (monitored[0].best_model_path if monitored else "") or "-"
                 print(f"{stage}: top-1 {float(m[f'{stage}/acc1']):.4f}  top-5 {float(m[f'{stage}/acc5']):.4f}  "
                       f"(log dir {log_dir}; best checkpoint {ckpt})")
 
