@@ -178,7 +178,7 @@ def main(argv=None) -> int:
             print(row, flush=True)
             lines.append(row)
     lines += ["", *summary(results, shapes)]
-    print("\n".join(lines[-(len(summary(results, shapes)) + 1):]))
+    print("\n".join(summary(results, shapes)))
     if args.out:
         Path(args.out).write_text("\n".join(lines) + "\n")
         print(f"\nwritten to {args.out}")
@@ -199,7 +199,7 @@ def summary(results: dict, shapes) -> list[str]:
                 bits = [f"{v['step'] / floor_b['step']:.2f}x floor" if floor_b else None,
                         f"{ref['step'] / v['step']:.1f}x faster than reference" if ref else None,
                         f"memory {v['mem'] / ref['mem']:.3f} of reference" if ref else None]
-                bits += [f"{r[p]['step'] / v['step']:.2f}x faster than {p.split()[0]}" for p in
+                bits += [f"{p.split()[0]} time / ours {r[p]['step'] / v['step']:.2f} (> 1: we are faster)" for p in
                          ("flashkan KANLayer", "inkan KANLayer") if p in r]
                 parts.append(f"- {name}: " + ", ".join(b for b in bits if b))
         for name in ("RSWAF fast eager", "RSWAF fast compiled"):

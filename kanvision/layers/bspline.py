@@ -60,6 +60,11 @@ class BSplineKAN(nn.Module):
     `spline_scaler` (out, in) when enabled, buffer `grid` (in, G + 2k + 1). Accepts inputs of shape
     (..., in_features). Non-finite inputs are not hidden: they propagate through the base branch, so the
     outputs of that sample are NaN/inf (as with nn.Linear), and other samples are unaffected.
+
+    `impl="fast"` (default) runs `bspline_fast.BSplineKANFunction` (same function and gradients, no dense basis
+    kept for backward; uniform or, after update_grid, non-uniform knots); `impl="reference"` the Cox-de Boor
+    autograd path. `compile=True` runs the fast kernels through torch.compile (uniform knots, SiLU base; else
+    eager), falling back to eager with one warning if compilation fails.
     """
 
     def __init__(

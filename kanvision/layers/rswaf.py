@@ -72,6 +72,8 @@ class RSWAFKAN(nn.Module):
     State-dict keys match Vision-KAN's FasterKANLayer: `layernorm.weight`, `layernorm.bias`,
     `spline_linear.weight` (out, in*num_grids; column i*num_grids + j is input i, centre j), `rbf.grid`.
     Non-finite inputs propagate through the LayerNorm to every output of that sample (NaN), never hidden.
+    `impl`: None (default) = "fast" (`rswaf_fast.RSWAFKANFunction`, basis rebuilt in backward) unless the
+    centres or width are trainable, then "reference" (plain autograd); `compile=True` compiles the fast kernels.
     """
 
     def __init__(self, in_features: int, out_features: int, grid_min: float = -2.0, grid_max: float = 2.0,
