@@ -18,7 +18,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics.classification import MulticlassAccuracy
 
-from .grid_update import bspline_layers, update_grids
+from .grid_update import bspline_layers, single_thread, update_grids
 from .models import count_parameters
 
 __all__ = ["ConfigError", "ImageClassifier", "WarmupCosine"]
@@ -109,7 +109,8 @@ class ImageClassifier(L.LightningModule):
         if hp.drop_path_rate:
             kw["drop_path_rate"] = hp.drop_path_rate
         try:
-            return timm.create_model(hp.model, **kw)
+            with single_thread():  # B-spline init fits each layer by least squares: see single_thread
+                return timm.create_model(hp.model, **kw)
         except (ValueError, TypeError) as e:  # bad kan kind / option: the zoo's message says which and why
             raise ConfigError(f"cannot build {hp.model!r} with {kw}: {e}") from None
 
