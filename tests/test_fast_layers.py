@@ -102,7 +102,7 @@ def test_gradcheck_float64_against_reference(order, grid_size, uniform):
 def test_float32_realistic_shape_values_and_grads():
     torch.manual_seed(1)
     fast, ref = pair(BSplineKAN, 192, 192)
-    x = torch.randn(768, 192) * 1.2  # 3 images x 256 tokens; ~40% beyond grid_range, some beyond the knots
+    x = torch.randn(512, 192) * 1.2  # 2 images x 256 tokens; ~40% beyond grid_range, some beyond the knots
     assert_same(fast, ref, x, atol=1e-5)
 
 
