@@ -7,13 +7,12 @@ coefficients are bit-identical across ranks even if a solver were non-determinis
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from .layers import BSplineKAN
+from .layers.bspline import single_thread
 
 __all__ = ["bspline_layers", "single_thread", "update_grids"]
 
@@ -60,21 +59,6 @@ def update_grids(model: nn.Module, images: torch.Tensor, margin: float = 0.01) -
             dist.broadcast(layer.grid, src=0)
             dist.broadcast(layer.spline_weight.data, src=0)
     return len(layers)
-
-
-@contextmanager
-def single_thread():
-    """Run small LAPACK solves (the per-input least-squares refits) on one thread.
-
-    They gain nothing from threads, and on a CPU shared with other jobs MKL/OpenMP threads spin-wait:
-    measured here, a (128, 6, 8) batched lstsq took 12-25 s with 2 threads under load and 0.02 s with 1.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _world() -> int:

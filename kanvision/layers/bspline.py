@@ -10,6 +10,7 @@ numbers per edge (10 for the defaults). References: Liu et al., "KAN: Kolmogorov
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from typing import Sequence
 
 import torch
@@ -30,6 +31,21 @@ def uniform_knots(in_features: int, grid_size: int, spline_order: int, grid_rang
     steps = torch.arange(-spline_order, grid_size + spline_order + 1, dtype=torch.float64)
     knots = (steps * h + lo).to(dtype=dtype or torch.get_default_dtype(), device=device)
     return knots.expand(in_features, -1).contiguous()
+
+
+@contextmanager
+def single_thread():
+    """Run small LAPACK solves (the per-input least-squares fits) on one thread.
+
+    They gain nothing from threads, and on a CPU shared with other jobs MKL/OpenMP threads spin-wait:
+    measured here, a (128, 6, 8) batched lstsq took 12-25 s with 2 threads under load and 0.02 s with 1.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
@@ -149,7 +165,8 @@ class BSplineKAN(nn.Module):
         x, y, grid = (t.detach().to("cpu", torch.float64) for t in (x, y, grid))
         A = b_spline_basis(x, grid, self.spline_order).transpose(0, 1)  # (in, N, G + k)
         B = y.transpose(0, 1)  # (in, N, out)
-        solution = torch.linalg.lstsq(A, B, driver="gelsd").solution  # (in, G + k, out)
+        with single_thread():
+            solution = torch.linalg.lstsq(A, B, driver="gelsd").solution  # (in, G + k, out)
         return solution.permute(2, 0, 1).to(self.spline_weight.device, self.spline_weight.dtype)
 
     @property
