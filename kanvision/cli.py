@@ -49,17 +49,20 @@ def _cli_class():
             callbacks = list(cfg.get("callbacks") or [])
             if cfg.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
                 callbacks.append(RichProgressBar())
-            if cfg.get("enable_checkpointing") is not False:
-                # Resumable runs: the monitored callback ("checkpoint.*") keeps the best; this one keeps the
-                # newest epoch, with last.ckpt linked to it (ModelCheckpoint only refreshes last.ckpt when it
-                # saves, i.e. when the monitored metric improved).
-                callbacks.append(ModelCheckpoint(filename="latest-epoch{epoch:03d}", monitor=None, save_top_k=1,
-                                                 save_last="link", auto_insert_metric_name=False))
             kwargs.setdefault("callbacks", callbacks)
             if cfg.get("logger") in (None, True):
                 kwargs.setdefault("logger", default_loggers(cfg.get("default_root_dir") or RUNS_DIR,
                                                             self._get(self.config, "name") or "kanvision"))
-            return super().instantiate_trainer(**kwargs)
+            trainer = super().instantiate_trainer(**kwargs)
+            if cfg.get("enable_checkpointing") is not False:
+                # Resumable runs: the monitored callback ("checkpoint.*") keeps the best; this one keeps the
+                # newest epoch, with last.ckpt linked to it (ModelCheckpoint only refreshes last.ckpt when it
+                # saves, i.e. when the monitored metric improved). Appended last so it saves after the
+                # monitored one: last.ckpt then records this epoch's best path, which export reads.
+                trainer.callbacks.append(ModelCheckpoint(filename="latest-epoch{epoch:03d}", monitor=None,
+                                                         save_top_k=1, save_last="link",
+                                                         auto_insert_metric_name=False))
+            return trainer
 
         def after_fit(self):
             self._report("val")
