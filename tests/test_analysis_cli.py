@@ -10,11 +10,12 @@ TINY = ["--model", "test_vit", "--model-kwargs", '{"img_size": 16}', "--num-clas
 
 def test_hessian_cli_writes_json_and_png(tmp_path):
     res = main(["analyze", "hessian", *TINY, "--kan", "none", "--kan", "bspline", "--batch-size", "4",
-                "--top-k", "2", "--steps", "6", "--probes", "2", "--trace-probes", "3", "--out", str(tmp_path)])
+                "--top-k", "2", "--steps", "6", "--probes", "2", "--trace-probes", "3", "--maxiter", "5",
+                "--out", str(tmp_path)])
     data = json.loads((tmp_path / "hessian.json").read_text())
     assert set(data["models"]) == {"test_vit:none", "test_vit:bspline"}
     r = data["models"]["test_vit:bspline"]
-    assert r["top_eigenvalues"][0] >= r["top_eigenvalues"][1]
+    assert len(r["top_eigenvalues"]) >= 1 and r["top_eigenvalues"] == sorted(r["top_eigenvalues"], reverse=True)
     assert r["density"]["integral"] == pytest.approx(1.0, abs=1e-2)
     assert (tmp_path / "hessian_density.png").stat().st_size > 1000
     assert res["models"]["test_vit:none"]["num_params"] < r["num_params"]

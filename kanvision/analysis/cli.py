@@ -99,9 +99,9 @@ def hessian_main(args) -> dict:
         with Progress(transient=False) as bar:
             task = bar.add_task(f"HVPs {label}", total=total)
             tick = lambda: bar.advance(task)  # noqa: E731
-            top = H.top_eigenvalues(op, args.top_k, "LA", tol=args.tol)
+            top = H.top_eigenvalues(op, args.top_k, "LA", tol=args.tol, maxiter=args.maxiter)
             bar.advance(task, args.top_k)
-            bottom = H.top_eigenvalues(op, args.top_k, "SA", tol=args.tol)
+            bottom = H.top_eigenvalues(op, args.top_k, "SA", tol=args.tol, maxiter=args.maxiter)
             bar.advance(task, args.top_k)
             runs = H.slq(op, args.steps, args.probes, seed=args.seed, progress=tick)
             trace = H.hutchinson_trace(op, args.trace_probes, seed=args.seed, progress=tick)
@@ -210,6 +210,8 @@ def _parser() -> argparse.ArgumentParser:
     h = sub.choices["hessian"]
     h.add_argument("--top-k", type=int, default=5)
     h.add_argument("--tol", type=float, default=1e-4)
+    h.add_argument("--maxiter", type=int, default=None,
+                   help="ARPACK restarts per end (bounds the HVPs; unconverged eigenvalues are left out)")
     h.add_argument("--steps", type=int, default=40, help="Lanczos steps per SLQ probe")
     h.add_argument("--probes", type=int, default=3, help="SLQ probe vectors")
     h.add_argument("--trace-probes", type=int, default=30, help="Hutchinson Rademacher probes")

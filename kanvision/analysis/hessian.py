@@ -67,8 +67,17 @@ class HessianOperator:
         acc = [torch.zeros_like(p) for p in self.params]
         # Fused attention kernels have no double backward: force the math kernel (same function).
         from torch.nn.attention import SDPBackend, sdpa_kernel
-        with sdpa_kernel(SDPBackend.MATH):
-            self._accumulate(vs, acc)
+        # KAN layers: the fast paths' double backward replays the reference graph anyway, so the reference
+        # path (same function, tested equal) is the cheaper one for HVPs (measured ~1.7x on test_vit).
+        fast = [m for m in self.model.modules() if getattr(m, "impl", None) == "fast"]
+        for m in fast:
+            m.impl = "reference"
+        try:
+            with sdpa_kernel(SDPBackend.MATH):
+                self._accumulate(vs, acc)
+        finally:
+            for m in fast:
+                m.impl = "fast"
         return torch.cat([a.reshape(-1) for a in acc])
 
     def _accumulate(self, vs: list[torch.Tensor], acc: list[torch.Tensor]) -> None:
@@ -100,8 +109,14 @@ def top_eigenvalues(op: HessianOperator, k: int = 5, which: str = "LA", tol: flo
         raise ValueError(f"which must be LA, SA or LM, got {which!r}")
     k = min(k, op.size - 1)
     v0 = np.random.default_rng(seed).standard_normal(op.size)
-    vals = eigsh(op.linear_operator(), k=k, which=which, tol=tol, maxiter=maxiter, v0=v0,
-                 return_eigenvectors=False)
+    from scipy.sparse.linalg import ArpackNoConvergence
+    try:
+        vals = eigsh(op.linear_operator(), k=k, which=which, tol=tol, maxiter=maxiter, v0=v0,
+                     return_eigenvectors=False)
+    except ArpackNoConvergence as e:
+        # Clustered ends (often the negative end at a minimum) can take ARPACK thousands of HVPs: keep
+        # what converged within maxiter rather than run unbounded; callers see fewer than k values.
+        vals = np.asarray(e.eigenvalues)
     return np.sort(vals)[::-1] if which != "SA" else np.sort(vals)
 
 
