@@ -23,8 +23,8 @@ else
   TRAINED=("${KINDS[@]}"); BSPLINE_CKPT=""
 fi
 if [[ -d "$DATA/test" ]]; then DATA_ARGS=(--data imagefolder --data-root "$DATA"); else DATA_ARGS=(--data synthetic); fi
-if (( QUICK )); then H=(--batch-size 16 --top-k 2 --steps 10 --probes 2 --trace-probes 5); BS=(2 8 32); TP=(--batch-size 16 --repeats 3)
-else H=(--batch-size 64 --top-k 3 --steps 30 --probes 3 --trace-probes 20); BS=(8 32 128 512); TP=(--batch-size 64 --repeats 5); fi
+if (( QUICK )); then H=(--batch-size 16 --top-k 2 --steps 10 --probes 2 --trace-probes 5 --maxiter 5); BS=(2 8 32); TP=(--batch-size 16 --repeats 3)
+else H=(--batch-size 64 --top-k 3 --steps 30 --probes 3 --trace-probes 20 --maxiter 20); BS=(8 32 128 512); TP=(--batch-size 64 --repeats 5); fi
 {
   echo "# run $(date -u +%FT%TZ) quick=$QUICK model=$MODEL checkpoints=${CHECKPOINTS:-none (untrained)}"
   echo "hardware: $(nproc) CPU cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)), torch threads: $($PY -c 'import torch; print(torch.get_num_threads())'), no GPU"
