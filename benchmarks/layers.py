@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kanvision.analysis.memory import saved_tensor_bytes
 from kanvision.layers import BSplineKAN, RSWAFKAN
 
 SHAPES = [(8192, 192, 192), (4096, 384, 1536), (16384, 64, 256)]
@@ -77,18 +78,8 @@ def median_ms(fn, runs: int, warmup: int) -> float:
 
 def training_step_bytes(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> int:
     """Bytes saved for backward (distinct storages, parameters excluded, the input included if saved) + output."""
-    params = {p.untyped_storage().data_ptr() for p in layer.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        s = t.untyped_storage()
-        if s.data_ptr() not in params:
-            seen[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = layer(x)
-    total = sum(seen.values()) + y.untyped_storage().nbytes()
+    saved, y = saved_tensor_bytes(layer, lambda: layer(x))
+    total = saved + y.untyped_storage().nbytes()
     y.backward(grad)
     return total
 

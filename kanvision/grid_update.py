@@ -12,9 +12,8 @@ import torch.distributed as dist
 from torch import nn
 
 from .layers import BSplineKAN
-from .layers.bspline import single_thread
 
-__all__ = ["bspline_layers", "single_thread", "update_grids"]
+__all__ = ["bspline_layers", "update_grids"]
 
 MAX_ROWS = 16384  # rows per layer fed to the least-squares refit: plenty for 5-10 knots, bounded cost
 
@@ -53,8 +52,7 @@ def update_grids(model: nn.Module, images: torch.Tensor, margin: float = 0.01) -
         # A strided subset, the same on every rank, bounds the cost for token models (B x tokens rows).
         stride = max(1, rows.size(0) // max(1, MAX_ROWS // max(1, _world())))
         rows = _gather_rows(rows[::stride].float().contiguous())
-        with single_thread():
-            layer.update_grid(rows.to(layer.grid.dtype), margin=margin)
+        layer.update_grid(rows.to(layer.grid.dtype), margin=margin)  # its least-squares fit is single-threaded
         if _world() > 1:
             dist.broadcast(layer.grid, src=0)
             dist.broadcast(layer.spline_weight.data, src=0)

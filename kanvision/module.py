@@ -18,7 +18,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics.classification import MulticlassAccuracy
 
-from .grid_update import bspline_layers, single_thread, update_grids
+from .grid_update import bspline_layers, update_grids
 from .models import count_parameters
 
 __all__ = ["ConfigError", "ImageClassifier", "WarmupCosine"]
@@ -86,6 +86,7 @@ class ImageClassifier(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         self.model = self._build()
         self.counts = count_parameters(self.model)
+        self._bspline = bspline_layers(self.model)  # a plain list: not registered twice as submodules
         k5 = min(5, num_classes)
         for stage in ("train", "val", "test"):
             setattr(self, f"{stage}_acc1", MulticlassAccuracy(num_classes, top_k=1, average="micro"))
@@ -109,8 +110,7 @@ class ImageClassifier(L.LightningModule):
         if hp.drop_path_rate:
             kw["drop_path_rate"] = hp.drop_path_rate
         try:
-            with single_thread():  # B-spline init fits each layer by least squares: see single_thread
-                return timm.create_model(hp.model, **kw)
+            return timm.create_model(hp.model, **kw)
         except (ValueError, TypeError) as e:  # bad kan kind / option: the zoo's message says which and why
             raise ConfigError(f"cannot build {hp.model!r} with {kw}: {e}") from None
 
@@ -128,9 +128,8 @@ class ImageClassifier(L.LightningModule):
     def on_train_batch_start(self, batch, batch_idx) -> None:
         hp = self.hparams
         step = self.global_step
-        if hp.grid_update_every and step % hp.grid_update_every == 0 and step <= hp.grid_update_until \
-                and bspline_layers(self.model):
-            update_grids(self.model, batch[0])
+        if hp.grid_update_every and step % hp.grid_update_every == 0 and step <= hp.grid_update_until:
+            update_grids(self.model, batch[0])  # no-op without B-spline layers
         self._t0 = time.perf_counter()
 
     def training_step(self, batch, batch_idx):
@@ -143,7 +142,7 @@ class ImageClassifier(L.LightningModule):
             logits = self.model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
         if self.hparams.reg_weight:
-            reg = sum(layer.regularization_loss() for layer in bspline_layers(self.model))
+            reg = sum(layer.regularization_loss() for layer in self._bspline)
             self.log("train/reg", reg, on_step=True, on_epoch=False)
             loss = loss + self.hparams.reg_weight * reg
         self.train_acc1(logits, y)
@@ -158,7 +157,7 @@ class ImageClassifier(L.LightningModule):
             seconds = time.perf_counter() - self._t0
             self.log("train/images_per_s", len(batch[1]) * self.trainer.world_size / max(seconds, 1e-9),
                      on_step=True, on_epoch=False)
-        if self.lr_schedulers() is not None or self.trainer.optimizers:
+        if self.trainer.optimizers:
             self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
 
     def _eval_step(self, batch, stage: str):

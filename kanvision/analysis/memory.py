@@ -15,7 +15,7 @@ centre, no recursion). This is the paper's counting, not a property of our imple
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +62,25 @@ def analytic_estimate(model: nn.Module, example: torch.Tensor, batch_size: int) 
             "kan_layers": len(layers)}
 
 
+def saved_tensor_bytes(module: nn.Module, run: Callable[[], Any]) -> tuple[int, Any]:
+    """(bytes of the distinct storages autograd saves for backward while `run()` executes, its result).
+
+    The module's parameters are excluded (they exist anyway); views of one storage count once.
+    """
+    param_ptrs = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in param_ptrs:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = run()
+    return sum(seen.values()), out
+
+
 def measure_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                  loss_fn: Callable = F.cross_entropy) -> dict[str, float | str]:
     """Bytes of one SGD training step (see the module docstring for the method per device)."""
@@ -76,21 +95,11 @@ def measure_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         opt.step()
         torch.cuda.synchronize()
         return {"bytes": torch.cuda.max_memory_allocated() - base, "method": "cuda.max_memory_allocated"}
-    seen: dict[int, int] = {}
-    param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
-
-    def pack(t):
-        s = t.untyped_storage()
-        if s.data_ptr() not in param_ptrs:
-            seen[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = loss_fn(model(x), y)
+    saved, loss = saved_tensor_bytes(model, lambda: loss_fn(model(x), y))
     loss.backward()
     opt.step()
     pbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    return {"bytes": 2 * pbytes + sum(seen.values()), "activation_bytes": sum(seen.values()),
+    return {"bytes": 2 * pbytes + saved, "activation_bytes": saved,
             "method": "cpu saved-tensor accounting: params + grads + tensors saved for backward (lower bound)"}
 
 
