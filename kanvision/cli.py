@@ -101,13 +101,28 @@ def lightning_main(args: list[str]) -> None:
     from .module import ConfigError, ImageClassifier
 
     try:
-        return _cli_class()(
+        cli = _cli_class()(
             ImageClassifier, ImageDataModule, args=args, trainer_defaults={"max_epochs": 10},
             save_config_kwargs={"overwrite": True}, seed_everything_default=0,
             parser_kwargs={"description": "kanvision training (LightningCLI); see configs/ and the README"},
         )
     except (DataError, ConfigError) as e:  # user input, not a bug: one line, no traceback
         raise SystemExit(f"kanvision: error: {e}") from None
+    _close_process_group()
+    return cli
+
+
+def _close_process_group() -> None:
+    """Tear DDP down in step on every rank before the interpreter exits.
+
+    Lightning destroys only NCCL groups at exit. A gloo group left alive is torn down by C++ destructors
+    racing the peer's own exit, and about one run in three then aborts ("terminate called without an active
+    exception", exit 134) after all work is saved."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def main(args: list[str] | None = None) -> None:
