@@ -25,6 +25,7 @@ from torch import nn
 
 from kanvision.analysis.memory import saved_tensor_bytes
 from kanvision.layers import BSplineKAN, RSWAFKAN
+from kanvision.layers.workspace import release_scratch, scratch_bytes
 
 SHAPES = [(8192, 192, 192), (4096, 384, 1536), (16384, 64, 256)]
 GRID, ORDER, RSWAF_GRIDS = 5, 3, 8
@@ -76,12 +77,14 @@ def median_ms(fn, runs: int, warmup: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def training_step_bytes(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> int:
-    """Bytes saved for backward (distinct storages, parameters excluded, the input included if saved) + output."""
+def training_step_bytes(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> tuple[int, int]:
+    """(bytes saved for backward (distinct storages, parameters excluded, the input included if saved) + output,
+    bytes of the scratch buffers the step left allocated)."""
+    release_scratch()
     saved, y = saved_tensor_bytes(layer, lambda: layer(x))
     total = saved + y.untyped_storage().nbytes()
     y.backward(grad)
-    return total
+    return total, scratch_bytes()
 
 
 def bench_row(build, n, width, out, runs, warmup) -> dict:
@@ -101,8 +104,9 @@ def bench_row(build, n, width, out, runs, warmup) -> dict:
 
     step()  # first call outside the timers: torch.compile traces here
     fwd()
-    return {"fwd": median_ms(fwd, runs, warmup), "step": median_ms(step, runs, warmup),
-            "mem": training_step_bytes(layer, x, grad)}
+    result = {"fwd": median_ms(fwd, runs, warmup), "step": median_ms(step, runs, warmup)}
+    result["mem"], result["scratch"] = training_step_bytes(layer, x, grad)
+    return result
 
 
 def main(argv=None) -> int:
@@ -135,15 +139,17 @@ def main(argv=None) -> int:
         "random cotangent with the input requiring grad",
         "- memory: training-step extra = bytes of the distinct tensors saved for backward (via "
         "torch.autograd.graph.saved_tensors_hooks; parameters excluded, the layer input counted when saved) plus "
-        "the output; transient buffers freed inside forward/backward are not counted",
+        "the output; transient buffers freed inside forward/backward are not counted. scratch = the fast kernels' "
+        "reused feature buffers (kanvision.layers.workspace), held between steps and shared by every KAN layer "
+        "of a model (sized by its largest layer call); they spare the CPU a page-faulting fresh buffer per call",
         f"- layers: B-spline grid {GRID}, order {ORDER} (efficient-kan defaults), RSWAF {RSWAF_GRIDS} centres; "
         "inputs uniform in [-1.2, 1.2]; floor = nn.Linear without bias on a materialised input of in*width "
         "columns that requires grad (width 9 for B-spline, 8 for RSWAF)",
     ]
     if args.note:
         lines.append(f"- note: {args.note}")
-    lines += ["", "| shape (N, in->out) | implementation | forward ms | fwd+bwd ms | fwd+bwd / floor | train-step extra MB |",
-              "|---|---|---:|---:|---:|---:|"]
+    lines += ["", "| shape (N, in->out) | implementation | forward ms | fwd+bwd ms | fwd+bwd / floor | train-step extra MB "
+              "| scratch MB |", "|---|---|---:|---:|---:|---:|---:|"]
     print("\n".join(lines), flush=True)
     results = {}
     for n, i, o in shapes:
@@ -155,7 +161,7 @@ def main(argv=None) -> int:
                 r = bench_row(build, n, width, o, args.runs, args.warmup)
             except Exception as e:  # noqa: BLE001 - a peer that cannot run here is reported, not fatal
                 traceback.print_exc(file=sys.stderr)
-                row = f"| {n}, {i}->{o} | {label} | failed: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''} | | | |"
+                row = f"| {n}, {i}->{o} | {label} | failed: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''} | | | | |"
                 print(row, flush=True)
                 lines.append(row)
                 continue
@@ -165,7 +171,7 @@ def main(argv=None) -> int:
                 floors[kind] = r["step"]
             ratio = f"{r['step'] / floors[kind]:.2f}" if kind in floors and "nn.Linear (MLP" not in label else ""
             row = (f"| {n}, {i}->{o} | {label} | {r['fwd']:.1f} | {r['step']:.1f} | {ratio} | "
-                   f"{r['mem'] / 2**20:.1f} |")
+                   f"{r['mem'] / 2**20:.1f} | {r['scratch'] / 2**20:.1f} |")
             print(row, flush=True)
             lines.append(row)
     lines += ["", *summary(results, shapes)]
@@ -189,7 +195,8 @@ def summary(results: dict, shapes) -> list[str]:
                 v = r[name]
                 bits = [f"{v['step'] / floor_b['step']:.2f}x floor" if floor_b else None,
                         f"{ref['step'] / v['step']:.1f}x faster than reference" if ref else None,
-                        f"memory {v['mem'] / ref['mem']:.3f} of reference" if ref else None]
+                        f"memory {v['mem'] / ref['mem']:.3f} of reference "
+                        f"({(v['mem'] + v['scratch']) / ref['mem']:.3f} with its scratch)" if ref else None]
                 bits += [f"{p.split()[0]} time / ours {r[p]['step'] / v['step']:.2f} (> 1: we are faster)" for p in
                          ("flashkan KANLayer", "inkan KANLayer") if p in r]
                 parts.append(f"- {name}: " + ", ".join(b for b in bits if b))

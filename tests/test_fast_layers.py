@@ -6,7 +6,9 @@ import torch
 from torch import nn
 
 from kanvision.layers import BSplineKAN, KanMlp, RSWAFKAN, b_spline_basis, uniform_knots
-from kanvision.layers import bspline_fast
+from kanvision.layers import bspline_fast, rswaf_fast
+from kanvision.layers.compile import compile_failures
+from kanvision.layers.workspace import release_scratch, scratch, scratch_bytes
 
 
 def pair(cls, *args, **kwargs):
@@ -168,7 +170,7 @@ def test_compile_switch_matches_reference_or_warns_once():
         assert_same(fast, ref, x * 0.5, atol=1e-5)
     failed = [w for w in caught if "torch.compile" in str(w.message)]
     assert len(failed) <= 1
-    assert bool(failed) == bool(bspline_fast._COMPILE_FAILED)
+    assert bool(failed) == bool(compile_failures())
 
 
 def test_rswaf_fast_equals_reference_float32():
@@ -230,3 +232,62 @@ def test_rswaf_compile_switch_matches_reference():
         warnings.simplefilter("always")
         assert_same(fast, ref, torch.randn(30, 5), atol=1e-5)
     assert len([w for w in caught if "torch.compile" in str(w.message)]) <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_compiled_bspline_kernels_float32_within_1e6_including_outside(order):
+    # The compiled kernels evaluate each dense element from its own knot (no gather): same 1e-6 bar as eager.
+    torch.manual_seed(order)
+    grid = uniform_knots(6, 5, order, (-1, 1), dtype=torch.float32)
+    x = torch.rand(3000, 6) * 8 - 4
+    x[-1] = grid[:, -1]  # last knot: outside (half-open)
+    spec = bspline_fast.SplineSpec(grid, order, True, nn.SiLU(), compile=True)
+    dense = bspline_fast.features(x, spec).clone()
+    if compile_failures():
+        pytest.skip(f"torch.compile unavailable here: {compile_failures()[0]}")
+    assert (dense[..., 1:] - b_spline_basis(x, grid, order)).abs().max() <= 1e-6
+    assert torch.allclose(dense[..., 0], nn.functional.silu(x), atol=1e-7)
+    # Beyond the extended grid every basis is exactly 0 (at the last knot itself, within rounding of 0: the
+    # spline is continuous there, and u = (x - g_m) / h may land a ulp below the end of the support).
+    far = (x < grid[:, :1].T - 1e-3) | (x > grid[:, -1:].T + 1e-3)
+    assert far.any() and (dense[..., 1:][far] == 0).all()
+    gbuf = torch.randn_like(dense)
+    eager = bspline_fast.input_grad_eager(x, gbuf.clone(), spec)
+    compiled = bspline_fast.input_grad(x, gbuf.clone(), spec)
+    # Row -1 sits exactly on a knot, where an order-1 spline's derivative jumps: either side is a valid answer.
+    assert torch.allclose(compiled[:-1], eager[:-1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_rswaf_kernels_match_tanh_form():
+    torch.manual_seed(3)
+    u = torch.randn(500, 7, dtype=torch.float64) * 3
+    centres, inv_h = torch.linspace(-2, 2, 8, dtype=torch.float64), torch.tensor(1 / 0.33, dtype=torch.float64)
+    eager_b = rswaf_fast.basis(u, centres, inv_h, compile=False).clone()
+    compiled_b = rswaf_fast.basis(u, centres, inv_h, compile=True).clone()
+    if compile_failures():
+        pytest.skip(f"torch.compile unavailable here: {compile_failures()[0]}")
+    assert torch.allclose(compiled_b, eager_b, atol=1e-14)
+    gbuf = torch.randn(500, 7, 8, dtype=torch.float64)
+    b1, g1 = (t.clone() for t in rswaf_fast.backward(u, gbuf.clone(), centres, inv_h, compile=False))
+    b2, g2 = rswaf_fast.backward(u, gbuf.clone(), centres, inv_h, compile=True)
+    assert torch.allclose(b2, b1, atol=1e-14) and torch.allclose(g2, g1, atol=1e-12)
+
+
+def test_scratch_is_reused_grows_and_survives_inference_mode():
+    release_scratch()
+    a = scratch((4, 5), torch.float32, "cpu")
+    assert scratch((2, 10), torch.float32, "cpu").data_ptr() == a.data_ptr()  # same memory, new shape
+    assert scratch((4, 5), torch.float32, "cpu", slot=1).data_ptr() != a.data_ptr()
+    assert scratch((100,), torch.float32, "cpu").numel() == 100 and scratch_bytes() == (100 + 20) * 4
+    # A buffer first made under inference mode (Lightning's validation) must stay writable in training.
+    release_scratch()
+    layer = BSplineKAN(6, 3)
+    with torch.inference_mode():
+        layer(torch.randn(8, 6))
+    x = torch.randn(8, 6, requires_grad=True)
+    layer(x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    release_scratch()
+    assert scratch_bytes() == 0

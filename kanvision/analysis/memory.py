@@ -5,8 +5,10 @@ Measurement:
   allocated before the step (the allocator's real peak).
 - CPU (no allocator statistics): saved-tensor accounting. A `saved_tensors_hooks` pair records every
   tensor autograd keeps for backward, de-duplicated by storage; the reported number is
-  parameters + gradients + saved activations (bytes). It is a measured lower bound on the step's peak:
-  transient workspace freed inside an op is not seen. The method is returned with every result.
+  parameters + gradients + saved activations + the fast KAN kernels' scratch buffers (kept between steps,
+  one per thread and slot, sized by the largest layer call; see kanvision.layers.workspace). It is a
+  measured lower bound on the step's peak: transient memory freed inside an op is not seen. The method
+  is returned with every result.
 
 Analytic estimate (per KAN layer with I inputs, B rows, grid size G, spline order S): forward keeps
 I(1+G+S)B elements, backward needs I(G+S-1)B more; both in elements, converted to bytes with the
@@ -20,6 +22,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from kanvision.layers.workspace import release_scratch, scratch_bytes
 
 __all__ = ["kan_layer_estimate", "analytic_estimate", "measure_step", "memory_sweep"]
 
@@ -95,12 +99,15 @@ def measure_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         opt.step()
         torch.cuda.synchronize()
         return {"bytes": torch.cuda.max_memory_allocated() - base, "method": "cuda.max_memory_allocated"}
+    release_scratch()  # count this model's own scratch, not a larger earlier one's
     saved, loss = saved_tensor_bytes(model, lambda: loss_fn(model(x), y))
     loss.backward()
     opt.step()
     pbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    return {"bytes": 2 * pbytes + saved, "activation_bytes": saved,
-            "method": "cpu saved-tensor accounting: params + grads + tensors saved for backward (lower bound)"}
+    scratch = scratch_bytes()
+    return {"bytes": 2 * pbytes + saved + scratch, "activation_bytes": saved, "scratch_bytes": scratch,
+            "method": "cpu saved-tensor accounting: params + grads + tensors saved for backward + the fast KAN "
+                      "kernels' scratch buffers (lower bound)"}
 
 
 def memory_sweep(build: Callable[[], nn.Module], batch_sizes, input_shape, num_classes: int,

@@ -7,12 +7,12 @@ cardinal B-spline. Non-uniform knots (after `update_grid`): per-feature `searchs
 de Boor triangle (The NURBS Book, A2.2) over those k + 1 bases.
 
 Both branches of the layer go through one matrix product, y = [act(x), B(x)] @ [W_b ; s * c]^T, on a
-(N, in, 1 + G + k) feature buffer that lives only for that product: backward saves x and the weights and
-rebuilds it (the local weights are cheap; only the scatter into the dense layout costs a pass).
+(N, in, 1 + G + k) feature buffer that lives only for that product (in a reused scratch buffer, see
+workspace.py): backward saves x and the weights and rebuilds it. Eager kernels scatter the k + 1 local
+weights; compiled ones (uniform grids, SiLU) evaluate every dense element directly, which vectorises.
 """
 from __future__ import annotations
 
-import warnings
 from fractions import Fraction
 from functools import lru_cache
 from math import comb, factorial
@@ -21,8 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .compile import compiled_or_eager
+from .workspace import scratch
+
 __all__ = ["BSplineKANFunction", "SplineSpec", "grid_is_uniform", "local_bases", "uniform_local_coefficients",
-           "compiled_or_eager"]
+           "features", "input_grad"]
 
 
 @lru_cache(maxsize=None)
@@ -76,8 +79,10 @@ class SplineSpec:
             self.g0 = grid[:, 0].detach().clone()
             self.row_offset = torch.arange(grid.size(0), device=grid.device) * grid.size(1)
             self.inv_h = (n_int / (g64[:, -1] - g64[:, 0])).to(grid.dtype)
-            self.coeff = uniform_local_coefficients(self.order, grid.dtype, grid.device)
             c64 = uniform_local_coefficients(self.order)
+            # For the compiled kernels: constants, and each basis's first knot (column 0 = the base slot, unused).
+            self.coeff_rows = tuple(tuple(float(v) for v in row) for row in c64.tolist())
+            self.lo_knots = torch.cat([torch.zeros_like(grid[:, :1]), grid[:, :self.num_bases]], 1).contiguous()
             self.coeff_t = c64.t().reshape(self.order + 1, self.order + 1, 1, 1).to(grid.dtype).to(grid.device)
             powers = torch.arange(1, self.order + 1, dtype=torch.float64)
             self.dcoeff_t = (c64[:, 1:] * powers).t().reshape(self.order, self.order + 1, 1, 1).to(
@@ -186,8 +191,9 @@ def _activation_and_grad(x: torch.Tensor, act: nn.Module, grad: torch.Tensor | N
 
 
 def features_eager(x: torch.Tensor, spec: SplineSpec) -> torch.Tensor:
-    """Dense (N, in, 1 + G + k): slot 0 = act(x), slot 1 + m = B_m(x); one zero fill + one scatter."""
-    buf = torch.zeros(x.size(0), x.size(1), 1 + spec.num_bases, dtype=x.dtype, device=x.device)
+    """Dense (N, in, 1 + G + k) in the scratch buffer: slot 0 = act(x), slot 1 + m = B_m(x); one zero fill +
+    one scatter."""
+    buf = scratch((x.size(0), x.size(1), 1 + spec.num_bases), x.dtype, x.device).zero_()
     col, w, _ = local_bases(x, spec)
     buf.scatter_(2, col.permute(1, 2, 0), w.permute(1, 2, 0))
     buf[..., 0] = spec.activation(x)  # after the scatter: invalid bases were parked in slot 0
@@ -203,81 +209,64 @@ def input_grad_eager(x: torch.Tensor, gbuf: torch.Tensor, spec: SplineSpec) -> t
     return gx.add_(spline.mul_(spec.inv_h) if spec.uniform else spline)  # uniform dw is d/df: times df/dx
 
 
-def _local_weights_dense(x, grid, row_offset, g0, inv_h, coeff, order: int, num_bases: int, derivative: bool):
+def _cardinal(u: torch.Tensor, coeff_rows, order: int, derivative: bool) -> torch.Tensor:
+    """The order-k cardinal B-spline (or its derivative) at u = (x - g_m) / h: basis m's value, zero outside
+    [0, k + 1). Measuring u from each basis's own first knot keeps it small, so frac(u) is as exact as the
+    gather-based eager path's, with no gather: the compiler writes every element in one vectorised pass."""
     k = order
-    t = (x - g0) * inv_h
-    inside = (t >= 0) & (t < num_bases + k)
-    j = torch.where(inside, torch.floor(t), -(num_bases + k + 1.0))  # outside: no basis index matches
-    f = (x - torch.take(grid, j.clamp(min=0).to(torch.long) + row_offset)) * inv_h
-    ws = []
-    for q in range(k + 1):
+    piece = torch.floor(u)
+    f = u - piece
+    out = torch.zeros_like(u)
+    for s in range(k + 1):  # u in [s, s + 1): basis m is local basis k - s of that knot interval
+        c = coeff_rows[k - s]
         if derivative:
-            v = coeff[q, k] * k
+            v = c[k] * k if k else 0.0
             for p in range(k - 1, 0, -1):
-                v = v * f + coeff[q, p] * p
+                v = v * f + c[p] * p
         else:
-            v = coeff[q, k]
+            v = c[k]
             for p in range(k - 1, -1, -1):
-                v = v * f + coeff[q, p]
-        ws.append(v)
-    return j, ws
+                v = v * f + c[p]
+        out = torch.where(piece == s, v, out)
+    return out
 
 
-def _features_dense(x, grid, row_offset, g0, inv_h, coeff, order: int, num_bases: int, silu: bool):
-    # For torch.compile: no scatter, no indirect loads per basis. Each dense element picks its local weight
-    # by comparing its index with j - k + q, so the compiler emits one vectorised pass that writes the buffer.
-    j, ws = _local_weights_dense(x, grid, row_offset, g0, inv_h, coeff, order, num_bases, False)
-    m = torch.arange(num_bases, device=x.device, dtype=x.dtype)
-    rel = m - j.unsqueeze(-1) + order  # local index q of basis m, if it is one of the k + 1
-    bases = torch.zeros_like(rel)
-    for q, w in enumerate(ws):
-        bases = torch.where(rel == q, w.unsqueeze(-1), bases)
+def _features_dense(x, out, lo_knots, inv_h, coeff_rows, order: int, silu: bool):
+    # Written into `out` (the scratch buffer) with no torch.cat: a cat makes inductor allocate its own result.
+    u = (x.unsqueeze(-1) - lo_knots) * inv_h.unsqueeze(-1)
     act = F.silu(x) if silu else x
-    return torch.cat([act.unsqueeze(-1), bases], -1)
+    slot = torch.arange(lo_knots.size(1), device=x.device)
+    out.copy_(torch.where(slot == 0, act.unsqueeze(-1), _cardinal(u, coeff_rows, order, False)))
 
 
-def _input_grad_dense(x, gbuf, grid, row_offset, g0, inv_h, coeff, order: int, num_bases: int):
-    j, dws = _local_weights_dense(x, grid, row_offset, g0, inv_h, coeff, order, num_bases, True)
-    m = torch.arange(num_bases, device=x.device, dtype=x.dtype)
-    rel = m - j.unsqueeze(-1) + order
-    d = torch.zeros_like(rel)
-    for q, dw in enumerate(dws):
-        d = torch.where(rel == q, dw.unsqueeze(-1), d)
-    s = torch.sigmoid(x)
-    return (gbuf[..., 1:] * d).sum(-1) * inv_h + gbuf[..., 0] * (s * (1 + x * (1 - s)))
+def _input_grad_dense(x, gbuf, lo_knots, inv_h, coeff_rows, order: int):
+    u = (x.unsqueeze(-1) - lo_knots) * inv_h.unsqueeze(-1)
+    s = torch.sigmoid(x).unsqueeze(-1)
+    dact = s * (1 + x.unsqueeze(-1) * (1 - s))
+    slot = torch.arange(lo_knots.size(1), device=x.device)
+    d = torch.where(slot == 0, dact, _cardinal(u, coeff_rows, order, True) * inv_h.unsqueeze(-1))
+    return (gbuf * d).sum(-1)
 
 
-_COMPILED: dict[str, object] = {}
-_COMPILE_FAILED: list[str] = []
+def _compilable(spec: SplineSpec) -> bool:
+    return spec.compile and spec.uniform and isinstance(spec.activation, nn.SiLU)
 
 
-def compiled_or_eager(name: str, fn, eager_call, *args, **kwargs):
-    """Run torch.compile(fn)(*args); on any compiler failure warn once per process and run `eager_call`."""
-    if not _COMPILE_FAILED:
-        try:
-            if name not in _COMPILED:
-                _COMPILED[name] = torch.compile(fn, fullgraph=True, dynamic=None)
-            return _COMPILED[name](*args, **kwargs)
-        except Exception as e:  # noqa: BLE001 - any compiler/toolchain error means: use eager
-            _COMPILE_FAILED.append(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-            warnings.warn(f"kanvision: torch.compile of the fast KAN kernels failed ({_COMPILE_FAILED[0]}); "
-                          "using the eager fast path instead (same results, slower).", RuntimeWarning,
-                          stacklevel=3)
-    return eager_call()
-
-
-def _features(x: torch.Tensor, spec: SplineSpec) -> torch.Tensor:
-    if spec.compile and spec.uniform and isinstance(spec.activation, nn.SiLU):
-        return compiled_or_eager("bspline_features", _features_dense, lambda: features_eager(x, spec), x, spec.grid,
-                                 spec.row_offset, spec.g0,
-                                 spec.inv_h, spec.coeff, spec.order, spec.num_bases, True)
+def features(x: torch.Tensor, spec: SplineSpec) -> torch.Tensor:
+    """[act(x), B(x)] (N, in, 1 + G + k) in the scratch buffer (valid until the next kernel call)."""
+    if _compilable(spec):
+        out = scratch((x.size(0), x.size(1), 1 + spec.num_bases), x.dtype, x.device)
+        eager = compiled_or_eager("bspline_features", _features_dense, lambda: features_eager(x, spec), x, out,
+                                  spec.lo_knots, spec.inv_h, spec.coeff_rows, spec.order, True)
+        return out if eager is None else eager
     return features_eager(x, spec)
 
 
-def _input_grad(x: torch.Tensor, gbuf: torch.Tensor, spec: SplineSpec) -> torch.Tensor:
-    if spec.compile and spec.uniform and isinstance(spec.activation, nn.SiLU):
+def input_grad(x: torch.Tensor, gbuf: torch.Tensor, spec: SplineSpec) -> torch.Tensor:
+    """dL/dx from the feature-buffer gradient gbuf (N, in, 1 + G + k), which may be overwritten."""
+    if _compilable(spec):
         return compiled_or_eager("bspline_input_grad", _input_grad_dense, lambda: input_grad_eager(x, gbuf, spec),
-                                 x, gbuf, spec.grid, spec.row_offset, spec.g0, spec.inv_h, spec.coeff, spec.order, spec.num_bases)
+                                 x, gbuf, spec.lo_knots, spec.inv_h, spec.coeff_rows, spec.order)
     return input_grad_eager(x, gbuf, spec)
 
 
@@ -302,7 +291,7 @@ class BSplineKANFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, base_weight, spline_weight, spline_scaler, spec: SplineSpec):
-        feats = _features(x, spec)
+        feats = features(x, spec)
         weight = _combined_weight(base_weight, spline_weight, spline_scaler)
         ctx.save_for_backward(x, base_weight, spline_weight, spline_scaler)
         ctx.spec = spec
@@ -322,7 +311,7 @@ class BSplineKANFunction(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         n = x.size(0)
         gx = gbw = gsw = gsc = None
-        feats = _features(x, spec)
+        feats = features(x, spec)
         if need[1] or need[2] or need[3]:
             gw = torch.mm(grad_out.t(), feats.view(n, -1)).view(base_weight.size(0), base_weight.size(1), -1)
             gbw = gw[..., 0] if need[1] else None
@@ -334,5 +323,5 @@ class BSplineKANFunction(torch.autograd.Function):
         if need[0]:
             weight = _combined_weight(base_weight, spline_weight, spline_scaler)
             torch.mm(grad_out, weight, out=feats.view(n, -1))  # features no longer needed: reuse the memory
-            gx = _input_grad(x, feats, spec)
+            gx = input_grad(x, feats, spec)
         return gx, gbw, gsw, gsc, None
