@@ -35,6 +35,20 @@ def test_bad_model_is_a_clear_error():
         main(["analyze", "memory", "--model", "no_such_model"])
     with pytest.raises(SystemExit, match="--checkpoint PATH or --model"):
         main(["analyze", "memory"])
+    with pytest.raises(SystemExit, match="--model-kwargs is not valid JSON"):
+        main(["analyze", "memory", "--model", "test_vit", "--model-kwargs", "{img_size: 16}"])
+    with pytest.raises(SystemExit, match="--kan-kwargs must be a JSON object"):
+        main(["analyze", "memory", "--model", "kan_mixer_tiny_p4_32", "--kan-kwargs", "[1]"])
+
+
+def test_kan_kwargs_reach_only_the_kan_models():
+    from kanvision.analysis.cli import _models, _parser
+    from kanvision.layers import BSplineKAN
+    args = _parser().parse_args(["memory", "--model", "kan_mixer_tiny_p4_32", "--model-kwargs", '{"num_blocks": 1}',
+                                 "--kan", "none", "--kan", "bspline", "--kan-kwargs", '{"grid_size": 3}'])
+    (_, mlp), (_, kan) = _models(args)
+    assert not any(isinstance(m, BSplineKAN) for m in mlp.modules())  # kan none accepted the flag silently
+    assert {m.grid_size for m in kan.modules() if isinstance(m, BSplineKAN)} == {3}
 
 
 def test_splines_cli(tmp_path):

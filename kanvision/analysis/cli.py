@@ -18,6 +18,19 @@ import torch
 SUBCOMMANDS = ("hessian", "memory", "splines", "throughput")
 
 
+def _json_arg(flag: str, text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"kanvision analyze: {flag} is not valid JSON ({e.msg}): {text!r}; "
+                         "e.g. '{\"compile\": true}'") from None
+    if not isinstance(value, dict):
+        raise SystemExit(f"kanvision analyze: {flag} must be a JSON object, got {text!r}")
+    return value
+
+
 def _models(args) -> list[tuple[str, torch.nn.Module]]:
     import timm
     import kanvision  # noqa: F401  registers the zoo
@@ -39,11 +52,14 @@ def _models(args) -> list[tuple[str, torch.nn.Module]]:
         return out
     if not args.model:
         raise SystemExit("kanvision analyze: give --checkpoint PATH or --model NAME (with --kan KIND ...)")
-    extra = json.loads(args.model_kwargs) if args.model_kwargs else {}
+    extra = _json_arg("--model-kwargs", args.model_kwargs)
+    kan_extra = _json_arg("--kan-kwargs", args.kan_kwargs)
     for kind in args.kan or [None]:
         kw = dict(extra, num_classes=args.num_classes)
         if kind is not None and args.model.startswith("kan_"):
             kw["kan"] = kind
+            if kind != "none" and kan_extra:
+                kw["kan_kwargs"] = {**kw.get("kan_kwargs", {}), **kan_extra}
         elif kind not in (None, "none"):
             # A plain timm model that takes `mlp_layer` (ViT, Mixer): swap in the KAN MLP drop-in.
             from kanvision.layers import kan_mlp_layer
@@ -204,6 +220,8 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--model")
         s.add_argument("--kan", action="append", help="none | bspline | rswaf (repeat to compare)")
         s.add_argument("--model-kwargs", help='JSON, e.g. \'{"img_size": 32}\'')
+        s.add_argument("--kan-kwargs", help='JSON for the KAN layers of zoo models only (not kan none), e.g. '
+                                            '\'{"compile": true}\'')
         s.add_argument("--num-classes", type=int, default=10)
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--out", default=f"analysis_out/{name}")

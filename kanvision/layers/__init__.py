@@ -4,10 +4,11 @@ from .kan_mlp import KAN_KINDS, ChannelsFirst, KanMlp, kan_layer_class, kan_mlp_
 from .bspline_fast import BSplineKANFunction
 from .rswaf import RSWAFKAN, RSWAFBasis, rswaf_basis
 from .rswaf_fast import RSWAFKANFunction
+from .workspace import release_scratch
 
 __all__ = [
     "BSplineKAN", "b_spline_basis", "uniform_knots",
     "RSWAFKAN", "RSWAFBasis", "rswaf_basis",
-    "BSplineKANFunction", "RSWAFKANFunction",
+    "BSplineKANFunction", "RSWAFKANFunction", "release_scratch",
     "KAN_KINDS", "ChannelsFirst", "KanMlp", "kan_layer_class", "kan_mlp_layer", "normalize_kan_kind",
 ]
