@@ -179,12 +179,16 @@ def local_bases(x: torch.Tensor, spec: SplineSpec, derivative: bool = False):
     return col, w, dw
 
 
+def _silu_derivative(x: torch.Tensor) -> torch.Tensor:
+    s = torch.sigmoid(x)
+    return s * (1 + x * (1 - s))
+
+
 def _activation_and_grad(x: torch.Tensor, act: nn.Module, grad: torch.Tensor | None):
     if grad is None:
         return act(x)
     if isinstance(act, nn.SiLU):
-        s = torch.sigmoid(x)
-        return grad * (s * (1 + x * (1 - s)))
+        return grad * _silu_derivative(x)
     with torch.enable_grad():  # any elementwise activation: its own autograd on the (N, in) input
         xr = x.detach().requires_grad_()
         return torch.autograd.grad(act(xr), xr, grad)[0]
@@ -231,24 +235,22 @@ def _cardinal(u: torch.Tensor, coeff_rows, order: int, derivative: bool) -> torc
     return out
 
 
-def _features_dense(x, out, lo_knots, inv_h, coeff_rows, order: int, silu: bool):
+def _features_dense(x, out, lo_knots, inv_h, coeff_rows, order: int):
     # Written into `out` (the scratch buffer) with no torch.cat: a cat makes inductor allocate its own result.
     u = (x.unsqueeze(-1) - lo_knots) * inv_h.unsqueeze(-1)
-    act = F.silu(x) if silu else x
     slot = torch.arange(lo_knots.size(1), device=x.device)
-    out.copy_(torch.where(slot == 0, act.unsqueeze(-1), _cardinal(u, coeff_rows, order, False)))
+    return out.copy_(torch.where(slot == 0, F.silu(x).unsqueeze(-1), _cardinal(u, coeff_rows, order, False)))
 
 
 def _input_grad_dense(x, gbuf, lo_knots, inv_h, coeff_rows, order: int):
     u = (x.unsqueeze(-1) - lo_knots) * inv_h.unsqueeze(-1)
-    s = torch.sigmoid(x).unsqueeze(-1)
-    dact = s * (1 + x.unsqueeze(-1) * (1 - s))
     slot = torch.arange(lo_knots.size(1), device=x.device)
-    d = torch.where(slot == 0, dact, _cardinal(u, coeff_rows, order, True) * inv_h.unsqueeze(-1))
+    d = torch.where(slot == 0, _silu_derivative(x).unsqueeze(-1),
+                    _cardinal(u, coeff_rows, order, True) * inv_h.unsqueeze(-1))
     return (gbuf * d).sum(-1)
 
 
-def _compilable(spec: SplineSpec) -> bool:
+def _compilable(spec: SplineSpec) -> bool:  # the compiled kernels hard-code the SiLU base branch
     return spec.compile and spec.uniform and isinstance(spec.activation, nn.SiLU)
 
 
@@ -256,9 +258,8 @@ def features(x: torch.Tensor, spec: SplineSpec) -> torch.Tensor:
     """[act(x), B(x)] (N, in, 1 + G + k) in the scratch buffer (valid until the next kernel call)."""
     if _compilable(spec):
         out = scratch((x.size(0), x.size(1), 1 + spec.num_bases), x.dtype, x.device)
-        eager = compiled_or_eager("bspline_features", _features_dense, lambda: features_eager(x, spec), x, out,
-                                  spec.lo_knots, spec.inv_h, spec.coeff_rows, spec.order, True)
-        return out if eager is None else eager
+        return compiled_or_eager("bspline_features", _features_dense, lambda: features_eager(x, spec), x, out,
+                                 spec.lo_knots, spec.inv_h, spec.coeff_rows, spec.order)
     return features_eager(x, spec)
 
 

@@ -52,22 +52,20 @@ def _sech2_tanh(u, centres, inv_h):
 
 
 def _basis_dense(u, out, centres, inv_h):
-    out.copy_(_sech2_tanh(u, centres, inv_h)[0])
+    return out.copy_(_sech2_tanh(u, centres, inv_h)[0])
 
 
 def _backward_dense(u, gbuf, out, centres, inv_h):
     b, t = _sech2_tanh(u, centres, inv_h)
-    out.copy_(b)
-    return (gbuf * b * t).sum(-1) * (-2 * inv_h)
+    return out.copy_(b), (gbuf * b * t).sum(-1) * (-2 * inv_h)
 
 
 def basis(u, centres, inv_h, compile: bool):
     """The (N, in, G) basis in scratch slot 0 (valid until the next kernel call)."""
     if compile:
         out = scratch((*u.shape, centres.numel()), u.dtype, u.device)
-        eager = compiled_or_eager("rswaf_basis", _basis_dense, lambda: basis_eager(u, centres, inv_h), u, out,
-                                  centres, inv_h)
-        return out if eager is None else eager
+        return compiled_or_eager("rswaf_basis", _basis_dense, lambda: basis_eager(u, centres, inv_h), u, out,
+                                 centres, inv_h)
     return basis_eager(u, centres, inv_h)
 
 
@@ -75,9 +73,8 @@ def backward(u, gbuf, centres, inv_h, compile: bool):
     """(basis in scratch slot 1, grad_u) from gbuf, the basis gradient (N, in, G) in slot 0."""
     if compile:
         out = scratch(gbuf.shape, gbuf.dtype, gbuf.device, slot=1)
-        result = compiled_or_eager("rswaf_backward", _backward_dense, lambda: backward_eager(u, gbuf, centres, inv_h),
-                                   u, gbuf, out, centres, inv_h)
-        return result if isinstance(result, tuple) else (out, result)
+        return compiled_or_eager("rswaf_backward", _backward_dense, lambda: backward_eager(u, gbuf, centres, inv_h),
+                                 u, gbuf, out, centres, inv_h)
     return backward_eager(u, gbuf, centres, inv_h)
 
 
