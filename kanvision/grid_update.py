@@ -23,7 +23,7 @@ def bspline_layers(model: nn.Module) -> list[BSplineKAN]:
 
 
 def _gather_rows(x: torch.Tensor) -> torch.Tensor:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if _world() == 1:
         return x
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x.contiguous())  # same shapes on every rank: per-device batches are equal

@@ -37,13 +37,12 @@ def _models(args) -> list[tuple[str, torch.nn.Module]]:
     out = []
     if args.checkpoint:
         from kanvision.checkpoints import CheckpointError, load_pretrained
-        from kanvision.checkpoints import read_weights
         for path in args.checkpoint:
             try:
-                _, config = read_weights(path, verify_hash=False)
                 model = load_pretrained(path)
             except (CheckpointError, FileNotFoundError) as e:
                 raise SystemExit(f"kanvision analyze: {e}") from None
+            config = model.kanvision_config
             # Label by what the weights are (runs all end in last.ckpt), the file only to break ties.
             label = f"{config['architecture']}:{config['model_args'].get('kan') or 'none'}"
             if any(label == seen for seen, _ in out):
