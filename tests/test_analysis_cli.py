@@ -65,3 +65,15 @@ def test_throughput_cli(tmp_path):
                  "--repeats", "2", "--out", str(tmp_path)])
     assert rows[0]["train_images_per_s"] > 0 and rows[0]["inference_images_per_s"] > 0
     assert "median of 2" in (tmp_path / "throughput.md").read_text()
+
+
+def test_checkpoints_are_labelled_by_architecture_and_kind(tmp_path):
+    from kanvision.analysis.cli import _models, _parser
+    from test_checkpoints import ARCH, make_ckpt
+    for name in ("a", "b"):
+        make_ckpt(tmp_path / f"{name}.ckpt")
+    args = _parser().parse_args(["memory", "--checkpoint", str(tmp_path / "a.ckpt"),
+                                 "--checkpoint", str(tmp_path / "b.ckpt")])
+    labels = [label for label, _ in _models(args)]
+    # Same weights twice: the second label names its file to tell them apart.
+    assert labels == [f"{ARCH}:none", f"{ARCH}:none ({tmp_path / 'b.ckpt'})"]
