@@ -18,19 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import bspline_fast
+from .bspline_basis import b_spline_basis, uniform_knots
 
 __all__ = ["BSplineKAN", "b_spline_basis", "uniform_knots"]
-
-
-def uniform_knots(in_features: int, grid_size: int, spline_order: int, grid_range: Sequence[float],
-                  dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
-    """Knot vector per input: grid_size intervals on grid_range, extended by spline_order steps each side."""
-    lo, hi = float(grid_range[0]), float(grid_range[1])
-    h = (hi - lo) / grid_size
-    # Built in float64 then cast, so the knots are the same whatever the layer's dtype.
-    steps = torch.arange(-spline_order, grid_size + spline_order + 1, dtype=torch.float64)
-    knots = (steps * h + lo).to(dtype=dtype or torch.get_default_dtype(), device=device)
-    return knots.expand(in_features, -1).contiguous()
 
 
 @contextmanager
@@ -46,27 +36,6 @@ def single_thread():
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    # Repeated knots give 0/0 terms; the B-spline convention is that such a term is zero.
-    zero = den == 0
-    return torch.where(zero, torch.zeros_like(num), num / torch.where(zero, torch.ones_like(den), den))
-
-
-def b_spline_basis(x: torch.Tensor, grid: torch.Tensor, spline_order: int) -> torch.Tensor:
-    """Cox-de Boor recursion over all bases: reference path, valid for any non-decreasing knots.
-
-    x: (N, in), grid: (in, K) knots -> (N, in, K - 1 - spline_order). Half-open intervals, so every basis is
-    zero outside [grid[:, 0], grid[:, -1]) and the bases sum to one on the interior range.
-    """
-    x = x.unsqueeze(-1)
-    bases = ((x >= grid[:, :-1]) & (x < grid[:, 1:])).to(x.dtype)
-    for k in range(1, spline_order + 1):
-        left = _safe_div(x - grid[:, : -(k + 1)], grid[:, k:-1] - grid[:, : -(k + 1)])
-        right = _safe_div(grid[:, k + 1:] - x, grid[:, k + 1:] - grid[:, 1:-k])
-        bases = left * bases[..., :-1] + right * bases[..., 1:]
-    return bases
 
 
 class BSplineKAN(nn.Module):

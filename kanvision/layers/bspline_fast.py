@@ -13,55 +13,16 @@ weights; compiled ones (uniform grids, SiLU) evaluate every dense element direct
 """
 from __future__ import annotations
 
-from fractions import Fraction
-from functools import lru_cache
-from math import comb, factorial
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .bspline_basis import b_spline_basis, grid_is_uniform, uniform_local_coefficients
 from .compile import compiled_or_eager
 from .workspace import scratch
 
 __all__ = ["BSplineKANFunction", "SplineSpec", "grid_is_uniform", "local_bases", "uniform_local_coefficients",
            "features", "input_grad"]
-
-
-@lru_cache(maxsize=None)
-def _coefficients_exact(order: int) -> tuple[tuple[Fraction, ...], ...]:
-    # Cardinal B-spline N_k(u) = 1/k! sum_i (-1)^i C(k+1, i) (u - i)_+^k on [0, k + 1]. Local basis q covers
-    # u = f + (k - q) with f in [0, 1): only the terms i <= k - q are active there.
-    k = order
-    rows = []
-    for q in range(k + 1):
-        s = k - q
-        coeff = [Fraction(0)] * (k + 1)
-        for i in range(s + 1):
-            a = s - i  # (f + a)^k expanded in powers of f
-            for p in range(k + 1):
-                coeff[p] += Fraction((-1) ** i * comb(k + 1, i) * comb(k, p) * a ** (k - p), factorial(k))
-        rows.append(tuple(coeff))
-    return tuple(rows)
-
-
-def uniform_local_coefficients(order: int, dtype=torch.float64, device=None) -> torch.Tensor:
-    """C (order+1, order+1): on a uniform grid B_{j-k+q}(x) = sum_p C[q, p] f^p, f = frac((x - g_0) / h)."""
-    return torch.tensor([[float(c) for c in row] for row in _coefficients_exact(int(order))], dtype=dtype,
-                        device=device)
-
-
-def grid_is_uniform(grid: torch.Tensor) -> bool:
-    """True when every row of knots is evenly spaced up to the rounding of the layer's dtype."""
-    g = grid.detach().to(torch.float64)
-    steps = torch.arange(g.size(1), dtype=torch.float64, device=g.device)
-    h = (g[:, -1] - g[:, 0]) / (g.size(1) - 1)
-    if not bool((h > 0).all()):
-        return False
-    err = (g - (g[:, :1] + steps * h.unsqueeze(1))).abs().max()
-    # A few ulps of the largest knot: uniform_knots rounds float64 knots to the layer dtype.
-    tol = 8 * torch.finfo(grid.dtype).eps * max(1.0, float(g.abs().max()))
-    return bool(err <= tol)
 
 
 class SplineSpec:
@@ -273,7 +234,6 @@ def input_grad(x: torch.Tensor, gbuf: torch.Tensor, spec: SplineSpec) -> torch.T
 
 def reference_features(x: torch.Tensor, spec: SplineSpec) -> torch.Tensor:
     """[act(x), B(x)] (N, in, 1 + G + k) through plain autograd ops (Cox-de Boor over all bases)."""
-    from .bspline import b_spline_basis
     return torch.cat([spec.activation(x).unsqueeze(-1), b_spline_basis(x, spec.grid, spec.order)], -1)
 
 
