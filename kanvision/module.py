@@ -18,6 +18,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics.classification import MulticlassAccuracy
 
+from .device import synchronize
 from .grid_update import bspline_layers, update_grids
 from .models import count_parameters
 
@@ -130,6 +131,7 @@ class ImageClassifier(L.LightningModule):
         step = self.global_step
         if hp.grid_update_every and step % hp.grid_update_every == 0 and step <= hp.grid_update_until:
             update_grids(self.model, batch[0])  # no-op without B-spline layers
+        synchronize(self.device)  # queued work (last step, the grid update) is not this step's time
         self._t0 = time.perf_counter()
 
     def training_step(self, batch, batch_idx):
@@ -154,9 +156,12 @@ class ImageClassifier(L.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         if self._t0 is not None:
+            synchronize(self.device)  # on CUDA the host gets here as soon as the step's kernels are queued
             seconds = time.perf_counter() - self._t0
-            self.log("train/images_per_s", len(batch[1]) * self.trainer.world_size / max(seconds, 1e-9),
-                     on_step=True, on_epoch=False)
+            # Each rank's own rate, summed over ranks: the job's images/s (ranks step in lockstep), right
+            # also when the ranks' batches differ in size.
+            self.log("train/images_per_s", len(batch[1]) / max(seconds, 1e-9), on_step=True, on_epoch=False,
+                     sync_dist=True, reduce_fx="sum")
         if self.trainer.optimizers:
             self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
 

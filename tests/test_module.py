@@ -87,3 +87,25 @@ def test_checkpoint_record_is_json():
     record = json.loads(json.dumps(ckpt["kanvision"]))
     assert record["model"] == "kan_mixer_tiny_p4_32" and record["kan_kwargs"] == {"grid_size": 4}
     assert record["params"]["kan"] == m.counts["kan"] and record["model_kwargs"] == {"num_blocks": 1}
+
+
+def test_images_per_s_syncs_the_module_device_and_counts_the_batch(tmp_path, monkeypatch):
+    """A short real fit: the metric is logged every step, timed between syncs of the module's own device."""
+    import types
+
+    import lightning as L
+
+    import kanvision.module as module
+    from kanvision.data import ImageDataModule
+
+    synced, clock = [], iter(range(0, 10**6, 2))  # every clock read 2 s after the previous one
+    monkeypatch.setattr(module, "synchronize", lambda device: synced.append(torch.device(device)))
+    monkeypatch.setattr(module, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    data = ImageDataModule(dataset="synthetic", batch_size=8, num_workers=0, synthetic_size=24, augment="none")
+    trainer = L.Trainer(max_steps=3, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        default_root_dir=tmp_path)
+    trainer.fit(ImageClassifier(kan="rswaf", **TINY), data)
+    # One sync before and one after each of the 3 steps, all on the module's device.
+    assert synced == [torch.device("cpu")] * 6
+    assert float(trainer.callback_metrics["train/images_per_s"]) == pytest.approx(8 / 2)
