@@ -11,8 +11,9 @@ TINY = ["--model", "test_vit", "--model-kwargs", '{"img_size": 16}', "--num-clas
 def test_hessian_cli_writes_json_and_png(tmp_path):
     res = main(["analyze", "hessian", *TINY, "--kan", "none", "--kan", "bspline", "--batch-size", "4",
                 "--top-k", "2", "--steps", "6", "--probes", "2", "--trace-probes", "3", "--maxiter", "5",
-                "--out", str(tmp_path)])
+                "--device", "cpu", "--out", str(tmp_path)])
     data = json.loads((tmp_path / "hessian.json").read_text())
+    assert data["settings"]["device"] == "cpu"
     assert set(data["models"]) == {"test_vit:none", "test_vit:bspline"}
     r = data["models"]["test_vit:bspline"]
     assert len(r["top_eigenvalues"]) >= 1 and r["top_eigenvalues"] == sorted(r["top_eigenvalues"], reverse=True)
@@ -41,6 +42,16 @@ def test_bad_model_is_a_clear_error():
         main(["analyze", "memory", "--model", "kan_mixer_tiny_p4_32", "--kan-kwargs", "[1]"])
 
 
+@pytest.mark.parametrize("command", ["hessian", "memory", "splines", "throughput"])
+def test_unusable_device_is_one_line(command):
+    import torch
+    missing = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU; cuda:0 on a CPU-only machine
+    with pytest.raises(SystemExit, match=rf"kanvision analyze {command}: device '{missing}' asked for, but"):
+        main(["analyze", command, *TINY, "--kan", "none", "--device", missing])
+    with pytest.raises(SystemExit, match=r"unknown device 'gpu0': use cpu, cuda or cuda:N"):
+        main(["analyze", command, *TINY, "--kan", "none", "--device", "gpu0"])
+
+
 def test_kan_kwargs_reach_only_the_kan_models():
     from kanvision.analysis.cli import _models, _parser
     from kanvision.layers import BSplineKAN
@@ -60,10 +71,17 @@ def test_splines_cli(tmp_path):
         main(["analyze", "splines", *TINY, "--kan", "none", "--out", str(tmp_path)])
 
 
-def test_throughput_cli(tmp_path):
+def test_throughput_cli(tmp_path, monkeypatch):
+    import torch
+
+    import kanvision.analysis.throughput as tp
+    synced = []
+    monkeypatch.setattr(tp, "synchronize", lambda device: synced.append(device))
     rows = main(["analyze", "throughput", *TINY, "--kan", "none", "--batch-size", "4", "--warmup", "1",
-                 "--repeats", "2", "--out", str(tmp_path)])
+                 "--repeats", "2", "--device", "cpu", "--out", str(tmp_path)])
     assert rows[0]["train_images_per_s"] > 0 and rows[0]["inference_images_per_s"] > 0
+    # Around each of the (1 + 2) x 2 timed calls, the asked device is synchronized, not "the current one".
+    assert synced == [torch.device("cpu")] * 12 and rows[0]["device"] == "cpu"
     assert "median of 2" in (tmp_path / "throughput.md").read_text()
 
 

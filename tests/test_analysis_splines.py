@@ -31,3 +31,20 @@ def test_capture_and_plot(tmp_path):
 def test_non_kan_layer_is_an_error():
     with pytest.raises(TypeError, match="BSplineKAN or RSWAFKAN"):
         edge_values(nn.Linear(2, 2), torch.randn(3, 2))
+
+
+@pytest.mark.parametrize("cls", [BSplineKAN, RSWAFKAN])
+def test_plot_edges_builds_its_inputs_like_the_layer(cls, tmp_path, monkeypatch):
+    """A float64 layer given float32 data: the plotting grid must take the layer's dtype (and device)."""
+    import kanvision.analysis.splines as splines
+    torch.manual_seed(0)
+    layer = cls(4, 3).double()
+    seen = []
+
+    def checked(lay, u):
+        seen.append((u.dtype, u.device))
+        return edge_values(lay, u)
+    monkeypatch.setattr(splines, "edge_values", checked)
+    info = plot_edges(layer, torch.randn(40, 4), tmp_path / "d.png", top=2)
+    assert seen and set(seen) == {(torch.float64, next(layer.parameters()).device)}
+    assert len(info) == 2 and (tmp_path / "d.png").stat().st_size > 1000

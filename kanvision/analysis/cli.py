@@ -3,7 +3,8 @@
 Models: `--checkpoint PATH` (repeatable; kanvision.load_pretrained) or `--model NAME --kan KIND ...`
 (repeatable kinds; untrained, built with timm.create_model). Data for the Hessian: `--data synthetic`
 (seeded Gaussian images, random labels) or `--data imagefolder --data-root DIR` (DIR/test/<class>/*.jpg,
-resized to the model's input size and normalised with its mean/std).
+resized to the model's input size and normalised with its mean/std). `--device` (every subcommand; default
+cuda when available, else cpu): models and data are moved there and timings synchronize that device.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from kanvision.device import DeviceError, default_device, resolve_device
 
 SUBCOMMANDS = ("hessian", "memory", "splines", "throughput")
 
@@ -47,7 +50,7 @@ def _models(args) -> list[tuple[str, torch.nn.Module]]:
             label = f"{config['architecture']}:{config['model_args'].get('kan') or 'none'}"
             if any(label == seen for seen, _ in out):
                 label = f"{label} ({path})"
-            out.append((label, model))
+            out.append((label, model.to(args.device)))
         return out
     if not args.model:
         raise SystemExit("kanvision analyze: give --checkpoint PATH or --model NAME (with --kan KIND ...)")
@@ -68,7 +71,7 @@ def _models(args) -> list[tuple[str, torch.nn.Module]]:
             model = timm.create_model(args.model, **kw)
         except Exception as e:  # unknown name, bad kan kind: timm / the factory name the problem
             raise SystemExit(f"kanvision analyze: cannot build {args.model!r} with {kw}: {e}") from None
-        out.append((f"{args.model}:{kind or 'default'}", model))
+        out.append((f"{args.model}:{kind or 'default'}", model.to(args.device)))
     return out
 
 
@@ -109,7 +112,7 @@ def hessian_main(args) -> dict:
                                          "threads": torch.get_num_threads()}, "models": {}}
     for label, model in _models(args):
         t0 = time.time()
-        op = H.HessianOperator(model, _batches(args, model))
+        op = H.HessianOperator(model, _batches(args, model), device=args.device)
         total = 2 * args.top_k + args.probes * args.steps + args.trace_probes
         with Progress(transient=False) as bar:
             task = bar.add_task(f"HVPs {label}", total=total)
@@ -183,7 +186,7 @@ def splines_main(args) -> list[dict]:
             raise SystemExit(f"kanvision analyze splines: --layer {args.layer} out of range: "
                              f"{label} has {len(layers)} KAN layers")
         name, layer = layers[args.layer]
-        x = torch.cat([b[0] for b in _batches(args, model)])
+        x = torch.cat([b[0] for b in _batches(args, model)]).to(args.device)
         png = out / f"splines_{label.replace(':', '_')}.png"
         result[label] = {"layer": name, "edges": plot_edges(layer, capture_inputs(model, layer, x), png,
                                                             top=args.top, title=f"{label} {name}")}
@@ -224,6 +227,7 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--num-classes", type=int, default=10)
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--out", default=f"analysis_out/{name}")
+        s.add_argument("--device", default=default_device(), help="cpu, cuda or cuda:N (default: %(default)s)")
     h = sub.choices["hessian"]
     h.add_argument("--top-k", type=int, default=5)
     h.add_argument("--tol", type=float, default=1e-4)
@@ -245,14 +249,16 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--warmup", type=int, default=2)
     t.add_argument("--repeats", type=int, default=5)
-    t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     m = sub.choices["memory"]
     m.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 32, 128])
-    m.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     m.add_argument("--max-memory-gb", type=float, help="CPU cap: points measured above it are shown as OOM")
     return p
 
 
 def main(argv: list[str] | None = None):
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        args.device = resolve_device(args.device)
+    except DeviceError as e:
+        raise SystemExit(f"kanvision analyze {args.command}: {e}") from None
     return {"hessian": hessian_main, "memory": memory_main, "splines": splines_main, "throughput": throughput_main}[args.command](args)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kanvision.device import synchronize
 from kanvision.layers.workspace import release_scratch, scratch_bytes
 
 __all__ = ["kan_layer_estimate", "analytic_estimate", "measure_step", "memory_sweep"]
@@ -92,13 +93,15 @@ def measure_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: measure without changing the weights
     opt.zero_grad(set_to_none=True)
     if x.is_cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
+        # Statistics of x's device: the current device is another one for cuda:N unless it was set.
+        device = x.device
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
         loss_fn(model(x), y).backward()
         opt.step()
-        torch.cuda.synchronize()
-        return {"bytes": torch.cuda.max_memory_allocated() - base, "method": "cuda.max_memory_allocated"}
+        synchronize(device)
+        return {"bytes": torch.cuda.max_memory_allocated(device) - base, "method": "cuda.max_memory_allocated"}
     release_scratch()  # count this model's own scratch, not a larger earlier one's
     saved, loss = saved_tensor_bytes(model, lambda: loss_fn(model(x), y))
     loss.backward()
@@ -132,6 +135,7 @@ def memory_sweep(build: Callable[[], nn.Module], batch_sizes, input_shape, num_c
             over = True
         rows.append(row)
         del model, x, y
-        if device != "cpu" and torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        if torch.device(device).type == "cuda":
+            with torch.cuda.device(device):  # empty_cache acts on the current device
+                torch.cuda.empty_cache()
     return rows

@@ -60,6 +60,10 @@ def plot_edges(layer: nn.Module, u: torch.Tensor, path: Path, top: int = 9, titl
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # Every tensor below is built where the layer lives, in its dtype (its weights may be on a GPU, or
+    # float64); only the plotted values are copied to the CPU.
+    ref = next(layer.parameters())
+    u = u.to(ref.device, ref.dtype)
     imp = edge_values(layer, u).abs().mean(0)  # (out, in)
     order = torch.argsort(imp.flatten(), descending=True)[:top]
     cols = min(3, len(order))
@@ -75,10 +79,8 @@ def plot_edges(layer: nn.Module, u: torch.Tensor, path: Path, top: int = 9, titl
         else:
             lo, hi = float(knots.min()), float(knots.max())
         outside = float(((data < lo) | (data > hi)).float().mean())
-        xs = torch.linspace(min(lo, float(data.min())), max(hi, float(data.max())), 200)
-        grid_in = torch.zeros(200, layer.in_features, dtype=u.dtype)
-        grid_in[:, i] = xs
-        ys = edge_values(layer, grid_in)[:, o, i]
+        xs = torch.linspace(min(lo, float(data.min())), max(hi, float(data.max())), 200, dtype=u.dtype)
+        ys = edge_values(layer, _at(xs, i, layer.in_features, u))[:, o, i].cpu()
         ax2 = ax.twinx()
         ax2.hist(data.numpy(), bins=40, color="0.85")
         ax2.set_yticks([])
@@ -86,7 +88,8 @@ def plot_edges(layer: nn.Module, u: torch.Tensor, path: Path, top: int = 9, titl
         ax.patch.set_visible(False)
         ax.plot(xs.numpy(), ys.numpy(), "C0")
         k_in = knots[(knots >= xs[0]) & (knots <= xs[-1])]
-        ax.plot(k_in.numpy(), edge_values(layer, _at(k_in, i, layer.in_features, u.dtype))[:, o, i].numpy(), "C3|", ms=10)
+        k_ys = edge_values(layer, _at(k_in, i, layer.in_features, u))[:, o, i].cpu()
+        ax.plot(k_in.numpy(), k_ys.numpy(), "C3|", ms=10)
         ax.set_title(f"edge in {i} -> out {o}  |phi|={float(imp[o, i]):.3g}\n{outside:.0%} of data outside grid", fontsize=8)
         info.append({"out": o, "in": i, "importance": float(imp[o, i]), "fraction_outside_grid": outside})
     for ax in list(axes.flat)[len(order):]:
@@ -99,7 +102,8 @@ def plot_edges(layer: nn.Module, u: torch.Tensor, path: Path, top: int = 9, titl
     return info
 
 
-def _at(vals: torch.Tensor, i: int, n: int, dtype) -> torch.Tensor:
-    out = torch.zeros(len(vals), n, dtype=dtype)
-    out[:, i] = vals
+def _at(vals: torch.Tensor, i: int, n: int, like: torch.Tensor) -> torch.Tensor:
+    """Layer inputs (len(vals), n) that are `vals` in column i and 0 elsewhere, on like's device and dtype."""
+    out = like.new_zeros(len(vals), n)
+    out[:, i] = vals.to(like)
     return out

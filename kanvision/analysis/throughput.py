@@ -8,15 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
+from kanvision.device import synchronize
 
 
 def throughput(model: nn.Module, input_shape, num_classes: int, batch_size: int = 32, warmup: int = 2,
                repeats: int = 5, device="cpu") -> dict[str, float | int | str]:
     """images/s of one SGD training step (fwd + bwd + step) and of one no-grad forward (eval mode)."""
+    device = torch.device(device)
     model = model.to(device)
     x = torch.randn(batch_size, *input_shape, device=device)
     y = torch.randint(0, num_classes, (batch_size,), device=device)
@@ -37,10 +35,10 @@ def throughput(model: nn.Module, input_shape, num_classes: int, batch_size: int 
         model.train(mode)
         times = []
         for r in range(warmup + repeats):
-            _sync(device)
+            synchronize(device)
             t0 = time.perf_counter()
             fn()
-            _sync(device)
+            synchronize(device)
             if r >= warmup:
                 times.append(time.perf_counter() - t0)
         out[f"{name}_images_per_s"] = batch_size / statistics.median(times)
