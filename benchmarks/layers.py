@@ -1,6 +1,7 @@
 """KAN layer speed and training memory against the matrix-multiply floor and PyPI peers.
 
-    .venv/bin/python benchmarks/layers.py [--threads 2] [--runs 7] [--warmup 3] [--out benchmarks/RESULTS.md]
+    .venv/bin/python benchmarks/layers.py [--threads 2] [--runs 7] [--warmup 3] [--device cpu|cuda[:N]]
+                                          [--out benchmarks/RESULTS.md]
 
 Per shape (N rows, in -> out) and implementation: median forward time (torch.no_grad), median
 forward+backward time (input requires grad, fixed cotangent, grads reset each run), and the extra memory of
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from kanvision.analysis.memory import saved_tensor_bytes
+from kanvision.device import DeviceError, resolve_device, synchronize
 from kanvision.layers import BSplineKAN, RSWAFKAN
 from kanvision.layers.workspace import release_scratch, scratch_bytes
 
@@ -66,13 +68,15 @@ def rows_for(i: int) -> list[tuple[str, int, object]]:
     ]
 
 
-def median_ms(fn, runs: int, warmup: int) -> float:
+def median_ms(fn, runs: int, warmup: int, device="cpu") -> float:
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(runs):
+        synchronize(device)  # GPU kernels run asynchronously: time the work, not its launch
         t0 = time.perf_counter()
         fn()
+        synchronize(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e3
 
@@ -87,11 +91,11 @@ def training_step_bytes(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor) -
     return total, scratch_bytes()
 
 
-def bench_row(build, n, width, out, runs, warmup) -> dict:
+def bench_row(build, n, width, out, runs, warmup, device="cpu") -> dict:
     torch.manual_seed(0)
-    layer = build(width, out)
-    x = (torch.rand(n, width) * 2.4 - 1.2).requires_grad_()  # ~1/6 of entries beyond grid_range
-    grad = torch.randn(n, out)
+    layer = build(width, out).to(device)
+    x = (torch.rand(n, width) * 2.4 - 1.2).to(device).requires_grad_()  # ~1/6 of entries beyond grid_range
+    grad = torch.randn(n, out).to(device)
 
     def fwd():
         with torch.no_grad():
@@ -104,7 +108,7 @@ def bench_row(build, n, width, out, runs, warmup) -> dict:
 
     step()  # first call outside the timers: torch.compile traces here
     fwd()
-    result = {"fwd": median_ms(fwd, runs, warmup), "step": median_ms(step, runs, warmup)}
+    result = {"fwd": median_ms(fwd, runs, warmup, device), "step": median_ms(step, runs, warmup, device)}
     result["mem"], result["scratch"] = training_step_bytes(layer, x, grad)
     return result
 
@@ -112,6 +116,7 @@ def bench_row(build, n, width, out, runs, warmup) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--shapes", default=None, help="e.g. '8192x192x192,4096x384x1536' (N x in x out)")
@@ -126,17 +131,24 @@ def main(argv=None) -> int:
         assert all(len(s) == 3 for s in shapes)
     except (ValueError, AssertionError):
         raise SystemExit(f"--shapes must look like 8192x192x192[,N x in x out...], got {args.shapes!r}")
+    try:
+        device = resolve_device(args.device)
+    except DeviceError as e:
+        raise SystemExit(f"benchmarks/layers.py: {e}") from None
     torch.set_num_threads(args.threads)
+    where = (f"GPU: {torch.cuda.get_device_name(device)} (CPU {cpu_model()})" if device.type == "cuda"
+             else f"CPU: {cpu_model()} ({torch.get_num_threads()} threads used)")
 
     lines = [
         "# KAN layer benchmark",
         "",
         f"- command: `{' '.join(['python', 'benchmarks/layers.py', *(argv if argv is not None else sys.argv[1:])])}`",
-        f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; CPU: {cpu_model()} "
-        f"({torch.get_num_threads()} threads used); torch {torch.__version__}; Python {platform.python_version()}",
+        f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; {where}; torch {torch.__version__}; "
+        f"Python {platform.python_version()}",
         f"- timing: median of {args.runs} runs after {args.warmup} warm-up runs (plus one untimed first call that "
-        "absorbs torch.compile); forward under torch.no_grad; forward+backward = forward, backward of a fixed "
-        "random cotangent with the input requiring grad",
+        "absorbs torch.compile), each timed between synchronizations of the device; forward under "
+        "torch.no_grad; forward+backward = forward, backward of a fixed random cotangent with the input requiring "
+        "grad",
         "- memory: training-step extra = bytes of the distinct tensors saved for backward (via "
         "torch.autograd.graph.saved_tensors_hooks; parameters excluded, the layer input counted when saved) plus "
         "the output; transient buffers freed inside forward/backward are not counted. scratch = the fast kernels' "
@@ -158,7 +170,7 @@ def main(argv=None) -> int:
             if args.only and not any(s.strip() in label for s in args.only.split(",")):
                 continue
             try:
-                r = bench_row(build, n, width, o, args.runs, args.warmup)
+                r = bench_row(build, n, width, o, args.runs, args.warmup, device)
             except Exception as e:  # noqa: BLE001 - a peer that cannot run here is reported, not fatal
                 traceback.print_exc(file=sys.stderr)
                 row = f"| {n}, {i}->{o} | {label} | failed: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''} | | | | |"
