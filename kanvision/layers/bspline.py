@@ -10,34 +10,27 @@ numbers per edge (10 for the defaults). References: Liu et al., "KAN: Kolmogorov
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import bspline_fast
-from .bspline_basis import b_spline_basis, uniform_knots
+from .bspline_basis import b_spline_basis, grid_is_uniform, uniform_knots
+from .bspline_dense import activation_kind, dense_tables
+from .bspline_fast import bspline_kan
+from .bspline_local import SplineSpec
+from .scripting import no_torchscript
 
 __all__ = ["BSplineKAN", "b_spline_basis", "uniform_knots"]
 
 
-@contextmanager
-def single_thread():
-    """Run small LAPACK solves (the per-input least-squares fits) on one thread.
-
-    They gain nothing from threads, and on a CPU shared with other jobs MKL/OpenMP threads spin-wait:
-    measured here, a (128, 6, 8) batched lstsq took 12-25 s with 2 threads under load and 0.02 s with 1.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+# The fits (init and grid update) live with their math; single_thread is kept importable from here.
+from . import bspline_fit  # noqa: E402
+from .bspline_fit import single_thread  # noqa: E402,F401
 
 
+@no_torchscript
 class BSplineKAN(nn.Module):
     """KAN layer with a SiLU base branch and per-edge B-spline functions (efficient-kan's KANLinear).
 
@@ -48,8 +41,15 @@ class BSplineKAN(nn.Module):
 
     `impl="fast"` (default) runs `bspline_fast.BSplineKANFunction` (same function and gradients, no dense basis
     kept for backward; uniform or, after update_grid, non-uniform knots); `impl="reference"` the Cox-de Boor
-    autograd path. `compile=True` runs the fast kernels through torch.compile (uniform knots, SiLU base; else
-    eager), falling back to eager with one warning if compilation fails.
+    autograd path. `compile` (fast path): None (default) compiles the kernels where that works (CPU with a C++
+    compiler, CUDA with Triton; a one-time cost of seconds per kernel variant on first use, cached on disk by
+    inductor), True asks for it, False keeps the eager kernels; `KANVISION_COMPILE=0` opts out process-wide.
+    A variant that fails to compile warns once with the cause and runs eager.
+
+    Whether the knots are uniform is kept as Python state (`grid_uniform`), refreshed when the grid changes
+    through update_grid, load_state_dict or .to(); after editing `grid` in place by hand, call
+    `grid_changed()`. So a forward never reads tensor values on the host, and `torch.compile(model)` traces the
+    layer without a graph break.
     """
 
     def __init__(
@@ -68,7 +68,7 @@ class BSplineKAN(nn.Module):
         device=None,
         dtype=None,
         impl: str = "fast",
-        compile: bool = False,
+        compile: bool | None = None,
     ):
         super().__init__()
         if impl not in ("fast", "reference"):
@@ -99,8 +99,12 @@ class BSplineKAN(nn.Module):
         if enable_standalone_scale_spline:
             self.spline_scaler = nn.Parameter(torch.empty(self.out_features, self.in_features, **factory))
         self.base_activation = base_activation()
-        self.impl, self.compile = impl, bool(compile)
+        self.impl, self.compile = impl, None if compile is None else bool(compile)
+        self._act = activation_kind(self.base_activation)
         self._plan, self._plan_key = None, None
+        self.grid_uniform = True  # uniform_knots
+        self._grid_version = self.grid._version
+        self.register_load_state_dict_post_hook(lambda module, keys: module.grid_changed())
         self.reset_parameters()
 
     @property
@@ -113,12 +117,11 @@ class BSplineKAN(nn.Module):
             return
         nn.init.kaiming_uniform_(self.base_weight, a=math.sqrt(5) * self.scale_base)
         with torch.no_grad():
-            # Noise drawn on the CPU generator so a seed gives the same layer on every device.
+            # Noise drawn in float64 on the CPU generator so a seed gives the same layer on every device.
             noise = (torch.rand(self.grid_size + 1, self.in_features, self.out_features, dtype=torch.float64)
                      - 0.5) * self.scale_noise / self.grid_size
-            knots = self.grid.detach().to("cpu", torch.float64)
-            points = knots.T[self.spline_order:-self.spline_order]
-            coeff = self._fit_coefficients(points, noise, knots)
+            # Minimum-norm fit at the G + 1 knots of grid_range: one small pseudo-inverse for all inputs.
+            coeff = bspline_fit.init_coefficients(self.grid.to("cpu"), self.spline_order, noise)
             if not self.enable_standalone_scale_spline:
                 coeff = coeff * self.scale_spline
             self.spline_weight.copy_(coeff)
@@ -128,15 +131,11 @@ class BSplineKAN(nn.Module):
     def _fit_coefficients(self, x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         """Least-squares coefficients (out, in, G + k) with sum_m c[o,i,m] B_m(x[:, i]) ~= y[:, i, o].
 
-        Solved on the CPU in float64 with the minimum-norm driver: CUDA's lstsq supports only full-rank
-        tall systems, and the init system (G + 1 points, G + k unknowns) is underdetermined.
+        Minimum-norm where underdetermined; solved in float64 on the layer's device (see bspline_fit).
+        update_grid does not use it: it never materialises the (N, in, out) targets.
         """
-        x, y, grid = (t.detach().to("cpu", torch.float64) for t in (x, y, grid))
-        A = b_spline_basis(x, grid, self.spline_order).transpose(0, 1)  # (in, N, G + k)
-        B = y.transpose(0, 1)  # (in, N, out)
-        with single_thread():
-            solution = torch.linalg.lstsq(A, B, driver="gelsd").solution  # (in, G + k, out)
-        return solution.permute(2, 0, 1).to(self.spline_weight.device, self.spline_weight.dtype)
+        coeff = bspline_fit.lstsq_coefficients(x, y, grid, self.spline_order)
+        return coeff.to(self.spline_weight.device, self.spline_weight.dtype)
 
     @property
     def scaled_spline_weight(self) -> torch.Tensor:
@@ -156,17 +155,33 @@ class BSplineKAN(nn.Module):
                 f"BSplineKAN: expected input of shape (..., {self.in_features}), got {tuple(x.shape)}; "
                 "for channels-first (B, C, H, W) tensors wrap the layer in kanvision.layers.ChannelsFirst")
 
-    def fast_spec(self) -> bspline_fast.SplineSpec:
-        """Kernel tables for the current knots (uniform or not), rebuilt only when `grid` changed.
+    def grid_changed(self) -> None:
+        """Re-derive `grid_uniform` (and the kernels' tables) from the current knots, on the host.
 
-        The key (storage, in-place version counter, dtype, device) changes on update_grid, load_state_dict
-        and .to(), so nothing inspects the knot values on an ordinary forward.
-        """
+        Called by update_grid, load_state_dict and .to(); call it after writing `grid` in place yourself."""
         g = self.grid
-        key = (g.data_ptr(), g._version, g.dtype, g.device, self.compile)
+        if not g.is_meta:  # meta tensors have no values: keep what the constructor or last update said
+            self.grid_uniform = grid_is_uniform(g)
+        self._plan, self._plan_key = None, None
+        self._grid_version = g._version
+
+    # The grid-update code calls this name.
+    _on_grid_changed = grid_changed
+
+    def _apply(self, fn, recurse=True):
+        # .double() of float32 knots is only uniform to float32 precision: re-check at the new dtype.
+        out = super()._apply(fn, recurse)
+        self.grid_changed()
+        return out
+
+    def fast_spec(self) -> SplineSpec:
+        """The eager kernels' tables for the current knots, rebuilt only when `grid` changed."""
+        g = self.grid
+        key = (g.data_ptr(), g._version, g.dtype, g.device, self.grid_uniform)
         if self._plan_key != key:
-            self._plan = bspline_fast.SplineSpec(g.detach(), self.spline_order, bspline_fast.grid_is_uniform(g),
-                                                 self.base_activation, self.compile)
+            # Outside inference mode: tables first built during validation are saved for backward in training.
+            with torch.inference_mode(False):
+                self._plan = SplineSpec(g.detach(), self.spline_order, self.grid_uniform)
             self._plan_key = key
         return self._plan
 
@@ -175,8 +190,17 @@ class BSplineKAN(nn.Module):
         lead = x.shape[:-1]
         x = x.reshape(-1, self.in_features)
         if self.impl == "fast":
-            y = bspline_fast.BSplineKANFunction.apply(x, self.base_weight, self.spline_weight,
-                                                      getattr(self, "spline_scaler", None), self.fast_spec())
+            if torch.compiler.is_compiling() or x.device.type == "meta":
+                # Traced (or shape-only): tables as graph ops from the knots, no cached host objects.
+                spec, (ta, tb) = None, dense_tables(self.grid, self.spline_order, self.grid_uniform)
+            else:
+                if self.grid._version != self._grid_version:  # knots edited in place since the last look
+                    self.grid_changed()
+                spec = self.fast_spec()
+                ta, tb = spec.dense
+            module = self.base_activation if self._act == "module" else None
+            y = bspline_kan(x, self.base_weight, self.spline_weight, getattr(self, "spline_scaler", None), self.grid,
+                            ta, tb, self.spline_order, self.grid_uniform, self._act, self.compile, spec, module)
             return y.reshape(*lead, self.out_features)
         base = F.linear(self.base_activation(x), self.base_weight)
         spline = F.linear(self.b_splines(x).reshape(x.size(0), -1),
@@ -197,31 +221,17 @@ class BSplineKAN(nn.Module):
         (KAN paper, sec. 2.5). The coefficients are refit by least squares to each edge's *unscaled*
         spline values, so that applying `spline_scaler` afterwards reproduces the old function. (The
         published efficient-kan refits the scaled values and then scales again, shrinking the spline part.)
+        The refit is one (G + k) x (G + k) projection per input (bspline_fit.refit_projection): memory
+        O(N x in x (G + k)), float64 on the layer's device.
         """
-        self._check_input(x)
-        x = x.reshape(-1, self.in_features)
-        if not torch.isfinite(x).all():
-            raise ValueError("BSplineKAN.update_grid: the batch contains NaN or inf; the grid was left unchanged")
-        n = x.size(0)
-        if n < 2:
-            raise ValueError(f"BSplineKAN.update_grid: needs at least 2 samples, got {n}")
-        bases = self.b_splines(x).permute(1, 0, 2)  # (in, N, G + k)
-        per_edge = torch.bmm(bases, self.spline_weight.permute(1, 2, 0))  # (in, N, out), unscaled
-
-        x_sorted = torch.sort(x, dim=0).values
-        idx = torch.linspace(0, n - 1, self.grid_size + 1, device=x.device).round().long()
-        grid_adaptive = x_sorted[idx]
-        uniform_step = (x_sorted[-1] - x_sorted[0] + 2 * margin) / self.grid_size
-        steps = torch.arange(self.grid_size + 1, dtype=x.dtype, device=x.device).unsqueeze(1)
-        grid_uniform = steps * uniform_step + x_sorted[0] - margin
-        grid = self.grid_eps * grid_uniform + (1 - self.grid_eps) * grid_adaptive
-        k = torch.arange(1, self.spline_order + 1, dtype=x.dtype, device=x.device).unsqueeze(1)
-        grid = torch.cat([grid[:1] - uniform_step * k.flip(0), grid, grid[-1:] + uniform_step * k], dim=0)
-        new_grid = grid.T.to(self.grid.dtype)
-
-        coeff = self._fit_coefficients(x, per_edge.transpose(0, 1), new_grid)
+        x = bspline_fit.check_update_rows(self, x)
+        new_grid = bspline_fit.new_knots(x, self.grid_size, self.spline_order, self.grid_eps, margin)
+        new_grid = new_grid.to(self.grid.dtype)
+        coeff = bspline_fit.refit_coefficients(x, self.grid, new_grid, self.spline_order, self.spline_weight)
         self.grid.copy_(new_grid)
         self.spline_weight.copy_(coeff)
+        if hasattr(self, "_on_grid_changed"):
+            self._on_grid_changed()
 
     def regularization_loss(self, x: torch.Tensor | None = None, regularize_activation: float = 1.0,
                             regularize_entropy: float = 1.0) -> torch.Tensor:

@@ -1,31 +1,98 @@
-"""torch.compile for the fast KAN kernels, with one warning and the eager kernel when compiling fails."""
+"""torch.compile for the KAN kernels: one compiled function per kernel variant, eager where one cannot compile.
+
+A variant is everything dynamo would otherwise guard on and recompile for: kernel, spline order, uniform or
+not, activation, dtypes, device type, and whether it runs under inference mode. Each variant gets its own
+code object, so dynamo's per-code-object recompile limit counts the recompiles of that variant alone
+(sizes: at most one static and one dynamic graph) instead of every layer, dtype and mode of the process
+sharing 8 slots. A variant that fails to compile warns once with its cause and runs eager; the others keep
+compiling.
+
+The layer switch `compile=None` (the default) means "compile where it can work": CPU with a C++ compiler
+for inductor, or CUDA with Triton; `KANVISION_COMPILE=0` in the environment opts out everywhere.
+"""
 from __future__ import annotations
 
+import os
+import shutil
+import types
 import warnings
+from functools import lru_cache
+from importlib.util import find_spec
 
 import torch
 
-__all__ = ["compiled_or_eager", "compile_failures"]
+__all__ = ["compile_failures", "compile_supported", "compiled_kernel", "kernel_variants", "use_compiled"]
 
-_COMPILED: dict[str, object] = {}
-_FAILURES: list[str] = []
-
-
-def compile_failures() -> list[str]:
-    """The compiler error that switched this process to the eager kernels (empty while compiling works)."""
-    return list(_FAILURES)
+_VARIANTS: dict[tuple, object] = {}
+_FAILURES: dict[tuple, str] = {}
 
 
-def compiled_or_eager(name: str, fn, eager_call, *args, **kwargs):
-    """Run torch.compile(fn)(*args); on any compiler failure warn once per process and run `eager_call`."""
-    if not _FAILURES:
-        try:
-            if name not in _COMPILED:
-                _COMPILED[name] = torch.compile(fn, fullgraph=True, dynamic=None)
-            return _COMPILED[name](*args, **kwargs)
-        except Exception as e:  # noqa: BLE001 - any compiler/toolchain error means: use eager
-            _FAILURES.append(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-            warnings.warn(f"kanvision: torch.compile of the fast KAN kernels failed ({_FAILURES[0]}); "
-                          "using the eager fast path instead (same results, slower).", RuntimeWarning,
-                          stacklevel=3)
-    return eager_call()
+@lru_cache(maxsize=None)
+def compile_supported(device_type: str) -> tuple[bool, str]:
+    """(can the kernels compile on this device type, why not)."""
+    if os.environ.get("KANVISION_COMPILE", "").strip().lower() in ("0", "false", "no", "off"):
+        return False, "KANVISION_COMPILE=0"
+    if device_type == "cpu":
+        if not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")):
+            return False, "no C++ compiler on PATH (inductor's CPU backend needs one)"
+        return True, ""
+    if device_type == "cuda":
+        return (True, "") if find_spec("triton") else (False, "Triton is not installed")
+    return False, f"kernels are compiled for cpu and cuda only, not {device_type}"
+
+
+def use_compiled(switch: bool | None, device: torch.device) -> bool:
+    """Resolve a layer's `compile` switch (None = automatic) for a call on `device`."""
+    if switch is False:
+        return False
+    ok, _ = compile_supported(device.type)
+    return ok
+
+
+def _own_code(fn, tag: str):
+    # A copy of fn with a code object of its own: dynamo keeps compiled graphs (and counts recompiles) per code object.
+    code = fn.__code__.replace(co_name=f"{fn.__name__}__{tag}")
+    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+
+
+def compiled_kernel(fn, variant: tuple):
+    """The compiled function for (fn, variant), or None when that variant failed to compile before."""
+    key = (fn.__module__, fn.__qualname__, *variant)
+    if key in _FAILURES:
+        return None
+    compiled = _VARIANTS.get(key)
+    if compiled is None:
+        tag = "_".join(str(v).replace("torch.", "").replace(".", "_") for v in variant)
+        compiled = _VARIANTS[key] = torch.compile(_own_code(fn, tag), fullgraph=True, dynamic=None)
+    return compiled
+
+
+def run_compiled(fn, variant: tuple, args: tuple, kwargs: dict | None = None, dynamic_dim0: torch.Tensor | None = None):
+    """fn(*args) through its compiled variant; None if it cannot compile (warned once for that variant)."""
+    compiled = compiled_kernel(fn, variant)
+    if compiled is None:
+        return None
+    if dynamic_dim0 is not None:  # batch sizes vary (last batch, validation): one graph for all of them
+        torch._dynamo.maybe_mark_dynamic(dynamic_dim0, 0)
+    try:
+        return compiled(*args, **(kwargs or {}))
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a compiler or toolchain error: this variant runs eager from now on
+        key = (fn.__module__, fn.__qualname__, *variant)
+        cause = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        _FAILURES[key] = cause
+        warnings.warn(f"kanvision: torch.compile of KAN kernel {fn.__name__} {variant} failed ({cause}); this "
+                      "variant runs the eager kernel from now on (same results, slower). Set KANVISION_COMPILE=0 "
+                      "to skip compiling.", RuntimeWarning, stacklevel=4)
+        return None
+
+
+def compile_failures() -> dict[tuple, str]:
+    """Kernel variants that could not compile, with the cause (empty while compiling works)."""
+    return dict(_FAILURES)
+
+
+def kernel_variants() -> list[tuple]:
+    """The kernel variants compiled (or tried) in this process."""
+    return list(_VARIANTS)

@@ -13,15 +13,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .rswaf_fast import RSWAFKANFunction
+from .rswaf_basis import rswaf_basis
+from .rswaf_fast import rswaf_kan
+from .scripting import no_torchscript
 
 __all__ = ["RSWAFBasis", "RSWAFKAN", "rswaf_basis"]
-
-
-def rswaf_basis(u: torch.Tensor, centres: torch.Tensor, denominator: torch.Tensor | float) -> torch.Tensor:
-    """b_j(u) = 1 - tanh((u - c_j) / h)^2 for every centre: (...,) -> (..., num_centres)."""
-    t = torch.tanh((u.unsqueeze(-1) - centres) / denominator)
-    return 1 - t * t
 
 
 class RSWAFBasis(nn.Module):
@@ -66,6 +62,7 @@ class RSWAFBasis(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
+@no_torchscript
 class RSWAFKAN(nn.Module):
     """LayerNorm(in) -> RSWAF basis (in x num_grids) -> Linear(in*num_grids -> out, no bias).
 
@@ -73,13 +70,14 @@ class RSWAFKAN(nn.Module):
     `spline_linear.weight` (out, in*num_grids; column i*num_grids + j is input i, centre j), `rbf.grid`.
     Non-finite inputs propagate through the LayerNorm to every output of that sample (NaN), never hidden.
     `impl`: None (default) = "fast" (`rswaf_fast.RSWAFKANFunction`, basis rebuilt in backward) unless the
-    centres or width are trainable, then "reference" (plain autograd); `compile=True` compiles the fast kernels.
+    centres or width are trainable, then "reference" (plain autograd). `compile`: None (default) compiles the
+    fast kernels where that works, True asks for it, False keeps them eager (see BSplineKAN).
     """
 
     def __init__(self, in_features: int, out_features: int, grid_min: float = -2.0, grid_max: float = 2.0,
                  num_grids: int = 8, denominator: float = 0.33, train_grid: bool = False,
                  train_denominator: bool = False, device=None, dtype=None, impl: str | None = None,
-                 compile: bool = False):
+                 compile: bool | None = None):
         super().__init__()
         if int(in_features) < 1 or int(out_features) < 1:
             raise ValueError(f"RSWAFKAN: in_features and out_features must be >= 1, got {in_features}, {out_features}")
@@ -91,7 +89,7 @@ class RSWAFKAN(nn.Module):
         if impl == "fast" and trainable_basis:
             raise ValueError("RSWAFKAN: impl='fast' needs fixed centres and width; with train_grid/train_denominator "
                              "use impl='reference' (or leave impl unset)")
-        self.impl, self.compile = impl, bool(compile)
+        self.impl, self.compile = impl, None if compile is None else bool(compile)
         factory = dict(device=device, dtype=dtype)
         self.in_features, self.out_features, self.num_grids = int(in_features), int(out_features), int(num_grids)
         self.layernorm = nn.LayerNorm(self.in_features, **factory)
@@ -119,7 +117,7 @@ class RSWAFKAN(nn.Module):
         self._check_input(x)
         if self.impl == "fast":
             u = self.layernorm(x).reshape(-1, self.in_features)
-            y = RSWAFKANFunction.apply(u, self.spline_linear.weight, self.rbf.grid, self.rbf.denominator, self.compile)
+            y = rswaf_kan(u, self.spline_linear.weight, self.rbf.grid, self.rbf.denominator, self.compile)
             return y.reshape(*x.shape[:-1], self.out_features)
         return self.spline_linear(self.basis(x))
 
