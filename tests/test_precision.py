@@ -1,0 +1,120 @@
+"""Mixed precision: KAN layers under bf16 / fp16 autocast, eager and compiled kernels, uniform and updated
+grids; against float32 with stated tolerances, plus a Lightning `bf16-mixed` fit of every kind.
+
+The design being guarded: basis arithmetic in float32, values rounded once to the autocast dtype, matmul
+in that dtype, gradients in each input's dtype."""
+import pytest
+import torch
+
+from kanvision.cli import main
+from kanvision.layers import BSplineKAN, RSWAFKAN, bspline_dense, bspline_local
+from kanvision.layers.bspline_basis import b_spline_basis, uniform_knots
+
+# Relative to the largest float32 value: one rounding of features and weights to the format's 8 (bf16) or
+# 11 (fp16) significant bits, accumulated in float32 by the matmul, stays well inside these.
+TOL = {torch.bfloat16: 2e-2, torch.float16: 3e-3}
+
+
+def make(kind, compile, updated):
+    torch.manual_seed(0)
+    layer = BSplineKAN(24, 16, compile=compile) if kind == "bspline" else RSWAFKAN(24, 16, compile=compile)
+    if updated:
+        layer.update_grid(torch.randn(512, 24) * 0.7)
+        assert not layer.grid_uniform
+    return layer
+
+
+def run(layer, x, dtype=None):
+    layer.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_()
+    with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        y = layer(x)
+    cot = torch.sin(torch.arange(y.numel(), dtype=torch.float32)).reshape(y.shape)
+    y.float().backward(cot)
+    return y, x.grad, {n: p.grad.clone() for n, p in layer.named_parameters()}
+
+
+def rel(a, b):
+    a, b = a.detach().float(), b.detach().float()
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("compile", [False, True])
+@pytest.mark.parametrize("kind,updated", [("bspline", False), ("bspline", True), ("rswaf", False)])
+def test_autocast_matches_float32(kind, updated, compile, dtype):
+    layer = make(kind, compile, updated)
+    x = torch.randn(2, 40, 24) * 1.3  # some inputs beyond the grid
+    y32, gx32, gp32 = run(layer, x)
+    y, gx, gp = run(layer, x, dtype)
+    assert y.dtype == dtype  # the matmul ran in the autocast dtype, like nn.Linear under autocast
+    assert gx.dtype == torch.float32 and all(g.dtype == torch.float32 for g in gp.values())
+    assert rel(y, y32) <= TOL[dtype]
+    assert rel(gx, gx32) <= TOL[dtype]
+    for name in gp32:
+        assert rel(gp[name], gp32[name]) <= TOL[dtype], name
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+def test_low_precision_features_are_the_float32_features_rounded_once(uniform):
+    # If the basis arithmetic ran in bfloat16, interval and fraction would be off and this would not be exact.
+    torch.manual_seed(1)
+    grid = uniform_knots(5, 5, 3, (-1, 1))
+    if not uniform:
+        grid = grid + torch.rand_like(grid) * 0.01
+        grid = grid.sort(-1).values
+    x = (torch.rand(300, 5) * 3 - 1.5).to(torch.bfloat16)  # a bf16 activation, as after a bf16 matmul
+    spec = bspline_local.SplineSpec(grid, 3, uniform)
+    want = torch.cat([torch.nn.functional.silu(x.float()).unsqueeze(-1), b_spline_basis(x.float(), grid, 3)], -1)
+    eager = bspline_local.features_eager(x, spec, None, "silu", torch.bfloat16)
+    dense = bspline_dense.dense_features(x, *spec.dense, 3, uniform, "silu", torch.bfloat16)
+    for got in (eager, dense):
+        assert got.dtype == torch.bfloat16
+        # Within half a bf16 unit in the last place (2^-8 relative) of the exact value: one rounding.
+        assert ((got.float() - want).abs() <= want.abs() * 2 ** -8 * 1.001 + 1e-6).all()
+    # The same features computed in bf16 arithmetic miss that bar: the test can tell the two apart.
+    naive = b_spline_basis(x, grid.to(torch.bfloat16), 3)
+    assert not ((naive.float() - want[..., 1:]).abs() <= want[..., 1:].abs() * 2 ** -8 * 1.001 + 1e-6).all()
+
+
+def test_input_gradient_keeps_the_input_dtype():
+    layer = make("bspline", False, False)
+    x = torch.randn(30, 24, dtype=torch.bfloat16, requires_grad=True)  # fc2 of a KanMlp sees fc1's bf16 output
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        layer(x).float().sum().backward()
+    assert x.grad.dtype == torch.bfloat16 and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("kind", ["bspline", "rswaf"])
+def test_double_backward_under_autocast(kind):
+    # Hessian-vector products (the Hessian analysis) through the fast layer under autocast.
+    layer = make(kind, None, False)
+    x = torch.randn(16, 24)
+    hv = {}
+    for dtype in (None, torch.bfloat16):
+        params = list(layer.parameters())
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            loss = (layer(x).float() ** 2).mean()
+        grads = torch.autograd.grad(loss, params, create_graph=True)
+        dot = sum((g * torch.ones_like(g)).sum() for g in grads)
+        hv[dtype] = torch.cat([h.flatten() for h in torch.autograd.grad(dot, params)])
+    assert torch.isfinite(hv[torch.bfloat16]).all()
+    assert rel(hv[torch.bfloat16], hv[None]) <= 5e-2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["none", "bspline", "rswaf"])
+def test_lightning_bf16_mixed_fit(tmp_path, kind, capsys):
+    # The documented full-size recipes (configs/trainer/ddp.yaml) run bf16-mixed.
+    main(["fit", "--model.model=kan_mixer_tiny_p4_32", f"--model.kan={kind}", "--model.model_kwargs={num_blocks: 1}",
+          "--data.dataset=synthetic", "--data.synthetic_size=48", "--data.batch_size=16", "--data.augment=none",
+          "--data.num_workers=0", "--trainer.precision=bf16-mixed", "--trainer.max_steps=3", "--trainer.log_every_n_steps=1",
+          "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.enable_progress_bar=false",
+          f"--trainer.default_root_dir={tmp_path}", "--name=bf16"])
+    out = capsys.readouterr().out
+    assert "val: top-1" in out
+    metrics = (tmp_path / "bf16" / "version_0" / "metrics.csv").read_text().splitlines()
+    header = metrics[0].split(",")
+    losses = [float(r.split(",")[header.index("train/loss_step")]) for r in metrics[1:]
+              if r.split(",")[header.index("train/loss_step")]]
+    assert len(losses) == 3 and torch.isfinite(torch.tensor(losses)).all()
