@@ -14,6 +14,7 @@ TOOLS = {
     "export": ("kanvision.checkpoints", "export_main", "export a run or .ckpt to model.safetensors + config.json"),
     "predict": ("kanvision.predict", "main", "top-5 classes of image files from a checkpoint"),
     "analyze": ("kanvision.analysis.cli", "main", "hessian | memory | throughput | splines"),
+    "gpu-check": ("kanvision.gpu_check", "main", "KAN parity, bf16 fits, DDP and speed on this machine's GPU"),
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
@@ -21,7 +22,7 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test")
 def _usage() -> str:
     lines = ["usage: kanvision COMMAND [options]", "", "training (LightningCLI, see `kanvision fit --help`):"]
     lines += [f"  {c}" for c in LIGHTNING_COMMANDS]
-    lines += ["", "tools:"] + [f"  {name:<9} {helptext}" for name, (_, _, helptext) in TOOLS.items()]
+    lines += ["", "tools:"] + [f"  {name:<10} {helptext}" for name, (_, _, helptext) in TOOLS.items()]
     return "\n".join(lines)
 
 
@@ -125,7 +126,9 @@ def _close_process_group() -> None:
         dist.destroy_process_group()
 
 
-def main(args: list[str] | None = None) -> None:
+def main(args: list[str] | None = None):
+    """Python callers get what the tool returns (analyze returns its results); the shell an exit status."""
+    from_shell = args is None
     args = list(sys.argv[1:] if args is None else args)
     if not args or args[0] in ("-h", "--help", "help"):
         print(_usage())
@@ -133,7 +136,10 @@ def main(args: list[str] | None = None) -> None:
     command = args[0]
     if command in TOOLS:
         module, func, _ = TOOLS[command]
-        return getattr(importlib.import_module(module), func)(args[1:])
+        result = getattr(importlib.import_module(module), func)(args[1:])
+        if from_shell and not isinstance(result, int):
+            return 0  # the console script's sys.exit(result) would print a result list and exit 1
+        return result
     if command in LIGHTNING_COMMANDS or command.startswith("-"):
         lightning_main(args)
         return None
@@ -141,4 +147,4 @@ def main(args: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -125,3 +125,22 @@ def test_experiment_config_takes_a_step(tmp_path, capsys, experiment):
           "--data.dataset=synthetic", "--data.batch_size=4", "--data.synthetic_size=8", "--data.num_workers=0",
           "--trainer.fast_dev_run=1", "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"])
     assert re.search(r"val: top-1 \d\.\d{4}", capsys.readouterr().out)
+
+
+def test_shell_gets_an_exit_status_not_the_tools_result(monkeypatch):
+    """`kanvision analyze` returns its rows to Python callers; the console script's sys.exit(rows) would
+    print them and exit 1 after a successful run."""
+    import sys
+    import types
+
+    import kanvision.cli as cli
+    tool = types.ModuleType("fake_tool")
+    tool.rows, tool.failed = (lambda argv: [{"model": "x"}]), (lambda argv: 3)
+    monkeypatch.setitem(sys.modules, "fake_tool", tool)
+    monkeypatch.setitem(cli.TOOLS, "rows", ("fake_tool", "rows", ""))
+    monkeypatch.setitem(cli.TOOLS, "failed", ("fake_tool", "failed", ""))
+    assert main(["rows"]) == [{"model": "x"}]
+    monkeypatch.setattr(sys, "argv", ["kanvision", "rows"])
+    assert main() == 0
+    monkeypatch.setattr(sys, "argv", ["kanvision", "failed"])
+    assert main() == 3
