@@ -21,9 +21,10 @@ from importlib.util import find_spec
 
 import torch
 
-__all__ = ["compile_failures", "compile_supported", "compiled_kernel", "kernel_variants", "use_compiled"]
+__all__ = ["compile_failures", "compile_supported", "compiled_kernel", "kernel_graphs", "use_compiled"]
 
 _VARIANTS: dict[tuple, object] = {}
+_CODES: dict[tuple, types.CodeType] = {}
 _FAILURES: dict[tuple, str] = {}
 
 
@@ -63,7 +64,9 @@ def compiled_kernel(fn, variant: tuple):
     compiled = _VARIANTS.get(key)
     if compiled is None:
         tag = "_".join(str(v).replace("torch.", "").replace(".", "_") for v in variant)
-        compiled = _VARIANTS[key] = torch.compile(_own_code(fn, tag), fullgraph=True, dynamic=None)
+        own = _own_code(fn, tag)
+        _CODES[key] = own.__code__
+        compiled = _VARIANTS[key] = torch.compile(own, fullgraph=True, dynamic=None)
     return compiled
 
 
@@ -93,6 +96,9 @@ def compile_failures() -> dict[tuple, str]:
     return dict(_FAILURES)
 
 
-def kernel_variants() -> list[tuple]:
-    """The kernel variants compiled (or tried) in this process."""
-    return list(_VARIANTS)
+def kernel_graphs() -> dict[tuple, int]:
+    """Compiled graphs held per kernel variant in this process (dynamo's cache entries for its code object):
+    1 per variant normally, 2 once it has seen a second size (static, then dynamic), more means recompiles."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    return {key: len(_debug_get_cache_entry_list(code)) for key, code in _CODES.items()}

@@ -1,0 +1,139 @@
+"""torch.compile: whole models (every zoo family x kind) match eager with no graph break, the per-layer
+compiled kernels recompile a bounded number of times in a real fit, and a kernel that cannot compile falls
+back on its own, saying why, without turning every other kernel eager."""
+import warnings
+
+import pytest
+import timm
+import torch
+from torch._dynamo.utils import counters
+
+import kanvision  # noqa: F401  registers the zoo
+from kanvision.grid_update import bspline_layers, update_grids
+from kanvision.cli import main
+from kanvision.layers import compile as kcompile
+
+FAMILIES = [("kan_mixer_tiny_p4_32", dict(num_blocks=1)), ("kan_convmixer_256_8", dict(depth=1)),
+            ("kan_deit_tiny_patch4_32", dict(depth=1))]
+
+
+def build(name, kind, extra, kan_kwargs=None):
+    torch.manual_seed(0)
+    model = timm.create_model(name, kan=kind, num_classes=10, kan_kwargs=kan_kwargs, **extra)
+    with torch.no_grad():  # timm zero-initialises some heads: outputs would compare equal trivially
+        model.get_classifier().weight.normal_(0, 0.1)
+    return model
+
+
+def outputs_and_grads(model, x):
+    model.zero_grad(set_to_none=True)
+    y = model(x)
+    y.pow(2).mean().backward()
+    return y.detach(), {n.removeprefix("_orig_mod."): p.grad.clone() for n, p in model.named_parameters()
+                        if p.grad is not None}
+
+
+def assert_close(model, compiled, x):
+    y0, g0 = outputs_and_grads(model, x)
+    counters.clear()  # from here on: the compiled model's graphs only (eager runs compile the layer kernels)
+    y1, g1 = outputs_and_grads(compiled, x)
+    assert y0.abs().max() > 1e-3
+    assert torch.allclose(y1, y0, rtol=1e-4, atol=1e-5)
+    assert g1.keys() == g0.keys()
+    for name in g0:
+        assert torch.allclose(g1[name], g0[name], rtol=1e-3, atol=1e-5 * max(1.0, float(g0[name].abs().max()))), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["bspline", "rswaf"])
+@pytest.mark.parametrize("name,extra", FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_whole_model_compile_matches_eager_without_graph_breaks(name, extra, kind):
+    model = build(name, kind, extra)  # default kan_kwargs: per-layer kernels compiled where possible
+    x = torch.randn(2, 3, 32, 32)
+    torch._dynamo.reset()
+    assert_close(model, torch.compile(model), x)
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] == 1
+
+
+@pytest.mark.parametrize("kind", ["bspline", "rswaf"])
+@pytest.mark.parametrize("compile_kernels", [True, False])
+def test_whole_model_trace_with_and_without_kernel_compile(kind, compile_kernels):
+    # aot_eager: the same dynamo + autograd tracing as inductor, without code generation (cheap).
+    name, extra = FAMILIES[0]
+    model = build(name, kind, dict(extra, num_blocks=2), kan_kwargs={"compile": compile_kernels})
+    torch._dynamo.reset()
+    assert_close(model, torch.compile(model, backend="aot_eager"), torch.randn(3, 3, 32, 32))
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+
+
+def test_compiled_model_follows_a_grid_update():
+    # The uniform-grid flag is Python state: a grid update recompiles once, then the general kernel is traced.
+    name, extra = FAMILIES[0]
+    model = build(name, "bspline", extra)
+    compiled = torch.compile(model, backend="aot_eager")
+    x = torch.randn(2, 3, 32, 32)
+    assert_close(model, compiled, x)
+    update_grids(model, torch.randn(4, 3, 32, 32))
+    assert not any(layer.grid_uniform for layer in bspline_layers(model))
+    assert_close(model, compiled, x)
+
+
+@pytest.mark.slow
+def test_short_fit_recompiles_are_bounded(tmp_path):
+    # 40 training images in batches of 16 (last batch 8), validation under inference mode, a grid update at
+    # step 0 (uniform -> general kernels): every kernel variant ends with at most 2 graphs (static + dynamic).
+    kcompile._VARIANTS.clear(), kcompile._CODES.clear(), kcompile._FAILURES.clear()
+    torch._dynamo.reset()
+    main(["fit", "--model.model=kan_mixer_tiny_p4_32", "--model.kan=bspline", "--model.model_kwargs={num_blocks: 1}",
+          "--model.grid_update_every=1", "--model.grid_update_until=0", "--data.dataset=synthetic",
+          "--data.synthetic_size=40", "--data.batch_size=16", "--data.augment=none", "--data.num_workers=0",
+          "--trainer.max_epochs=2", "--trainer.accelerator=cpu", "--trainer.devices=1",
+          "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}", "--name=rc"])
+    graphs = kcompile.kernel_graphs()
+    assert not kcompile.compile_failures()
+    kinds = {(key[1], key[2], key[4]) for key in graphs}  # (function, kernel, uniform)
+    assert {k[0] for k in kinds} == {"dense_features", "dense_input_grad"}
+    assert {k[2] for k in kinds} == {True, False}  # both before and after the grid update
+    assert max(graphs.values()) <= 2 and 0 not in graphs.values(), graphs
+    assert sum(graphs.values()) <= 2 * len(graphs) <= 24
+
+
+def test_a_failing_variant_warns_once_with_its_cause_and_others_still_compile(monkeypatch):
+    kcompile._FAILURES.clear()
+    real = torch.compile
+
+    def fake_compile(fn, **kw):
+        if "float64" in fn.__name__:
+            def broken(*a, **k):
+                raise RuntimeError("no C++ compiler for this variant\nlong traceback")
+            return broken
+        return real(fn, backend="eager", **kw)
+
+    monkeypatch.setattr(kcompile.torch, "compile", fake_compile)
+
+    def kernel(x):
+        return x * 2
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            assert kcompile.run_compiled(kernel, ("t", torch.float64), (torch.ones(2, dtype=torch.float64),)) is None
+            assert kcompile.run_compiled(kernel, ("t", torch.float32), (torch.ones(2),)).tolist() == [2.0, 2.0]
+    messages = [str(w.message) for w in caught if "KAN kernel" in str(w.message)]
+    assert len(messages) == 1 and "no C++ compiler for this variant" in messages[0] and "float64" in messages[0]
+    assert "long traceback" not in messages[0]
+    assert list(kcompile.compile_failures().values()) == ["RuntimeError: no C++ compiler for this variant"]
+    kcompile._FAILURES.clear()
+
+
+def test_compile_opt_out_and_availability(monkeypatch):
+    kcompile.compile_supported.cache_clear()
+    monkeypatch.setenv("KANVISION_COMPILE", "0")
+    assert kcompile.compile_supported("cpu") == (False, "KANVISION_COMPILE=0")
+    assert not kcompile.use_compiled(None, torch.device("cpu"))
+    monkeypatch.delenv("KANVISION_COMPILE")
+    kcompile.compile_supported.cache_clear()
+    assert not kcompile.use_compiled(False, torch.device("cpu"))
+    assert kcompile.compile_supported("meta")[0] is False
+    kcompile.compile_supported.cache_clear()
