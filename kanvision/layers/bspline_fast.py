@@ -17,6 +17,8 @@ autocast state of whatever thread runs it.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch import nn
 
@@ -26,15 +28,22 @@ from .bspline_local import SplineSpec, features_eager, input_grad_eager
 from .compile import run_compiled, use_compiled
 from .workspace import scratch
 
-__all__ = ["BSplineKANFunction", "autocast_dtype", "bspline_kan", "features", "input_grad"]
+__all__ = ["BSplineKANFunction", "autocast_dtype", "bspline_kan", "features", "input_grad", "no_autocast"]
+
+_AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps")
 
 
 def autocast_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype the matmul runs in: autocast's for float32/low-precision inputs when it is on, else x's."""
     dev = x.device.type
-    if dev in ("cpu", "cuda", "xpu", "mps") and torch.is_autocast_enabled(dev) and x.dtype != torch.float64:
+    if dev in _AUTOCAST_DEVICES and torch.is_autocast_enabled(dev) and x.dtype != torch.float64:
         return torch.get_autocast_dtype(dev)
     return x.dtype
+
+
+def no_autocast(device_type: str):
+    """Autocast off inside the kernels (their casts are explicit); devices without autocast (meta) need nothing."""
+    return torch.autocast(device_type, enabled=False) if device_type in _AUTOCAST_DEVICES else nullcontext()
 
 
 def _traced() -> bool:
@@ -95,7 +104,7 @@ class BSplineKANFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, base_weight, spline_weight, spline_scaler, grid, ta, tb, order, uniform, act, compile, spec,
                 module, cdtype):
-        with torch.autocast(x.device.type, enabled=False):  # every cast below is explicit
+        with no_autocast(x.device.type):  # every cast below is explicit
             feats = features(x, ta, tb, order, uniform, act, compile, spec, module, cdtype)
             weight = _combined_weight(base_weight, spline_weight, spline_scaler).to(cdtype)
             ctx.save_for_backward(x, base_weight, spline_weight, spline_scaler, grid, ta, tb)
@@ -113,7 +122,7 @@ class BSplineKANFunction(torch.autograd.Function):
             grads = iter(torch.autograd.grad(out, [t for t, n in zip(inputs, need) if n], grad_out,
                                              create_graph=True))
             return (*[next(grads) if n else None for n in need[:4]], *[None] * 10)
-        with torch.autocast(x.device.type, enabled=False):
+        with no_autocast(x.device.type):
             grad_out = grad_out.to(cdtype).contiguous()
             n = x.size(0)
             gx = gbw = gsw = gsc = None

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .bspline_fast import autocast_dtype
+from .bspline_fast import autocast_dtype, no_autocast
 from .compile import run_compiled, use_compiled
 from .rswaf_basis import dense_basis, dense_basis_backward, rswaf_basis
 from .workspace import scratch
@@ -82,7 +82,7 @@ class RSWAFKANFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, weight, centres, h, compile, cdtype):
         traced = torch.compiler.is_compiling()
-        with torch.autocast(u.device.type, enabled=False):  # every cast below is explicit
+        with no_autocast(u.device.type):  # every cast below is explicit
             b = basis(u, centres, 1.0 / h, compile, cdtype, traced)
             ctx.save_for_backward(u, weight, centres, h)
             ctx.cfg = (compile, cdtype)
@@ -100,7 +100,7 @@ class RSWAFKANFunction(torch.autograd.Function):
             grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True))
             return (next(grads) if need[0] else None), (next(grads) if need[1] else None), None, None, None, None
         traced = torch.compiler.is_compiling()
-        with torch.autocast(u.device.type, enabled=False):
+        with no_autocast(u.device.type):
             grad_out = grad_out.to(cdtype).contiguous()
             n = u.size(0)
             w = weight.to(cdtype)
