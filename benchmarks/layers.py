@@ -50,6 +50,13 @@ def peer(name: str):
     return build
 
 
+def updated(layer: BSplineKAN) -> BSplineKAN:
+    """The layer after a grid update (non-uniform knots), fitted to inputs like the benchmark's."""
+    gen = torch.Generator().manual_seed(1)
+    layer.update_grid(torch.rand(4096, layer.in_features, generator=gen) * 2.4 - 1.2)
+    return layer
+
+
 def rows_for(i: int) -> list[tuple[str, int, object]]:
     """(label, input width, builder(in, out)): input width != in means a floor on a wide input."""
     return [
@@ -59,12 +66,16 @@ def rows_for(i: int) -> list[tuple[str, int, object]]:
         ("B-spline reference", i, lambda a, b: BSplineKAN(a, b, impl="reference")),
         ("B-spline fast eager", i, lambda a, b: BSplineKAN(a, b, impl="fast", compile=False)),
         ("B-spline fast compiled", i, lambda a, b: BSplineKAN(a, b, impl="fast", compile=True)),
+        ("B-spline default (BSplineKAN(in, out))", i, lambda a, b: BSplineKAN(a, b)),
+        ("B-spline fast eager, updated grid", i, lambda a, b: updated(BSplineKAN(a, b, compile=False))),
+        ("B-spline default, updated grid", i, lambda a, b: updated(BSplineKAN(a, b))),
         ("flashkan KANLayer", i, peer("flashkan")),
         ("inkan KANLayer", i, peer("inkan")),
         (f"floor RSWAF: nn.Linear({i}*{RSWAF_GRIDS})", i * RSWAF_GRIDS, lambda a, b: nn.Linear(a, b, bias=False)),
         ("RSWAF reference", i, lambda a, b: RSWAFKAN(a, b, impl="reference")),
         ("RSWAF fast eager", i, lambda a, b: RSWAFKAN(a, b, impl="fast", compile=False)),
         ("RSWAF fast compiled", i, lambda a, b: RSWAFKAN(a, b, impl="fast", compile=True)),
+        ("RSWAF default (RSWAFKAN(in, out))", i, lambda a, b: RSWAFKAN(a, b)),
     ]
 
 
@@ -202,7 +213,8 @@ def summary(results: dict, shapes) -> list[str]:
         floor_r = next((v for k, v in r.items() if k.startswith("floor RSWAF")), None)
         parts = []
         ref = r.get("B-spline reference")
-        for name in ("B-spline fast eager", "B-spline fast compiled"):
+        for name in ("B-spline fast eager", "B-spline fast compiled", "B-spline default (BSplineKAN(in, out))",
+                     "B-spline fast eager, updated grid", "B-spline default, updated grid"):
             if name in r:
                 v = r[name]
                 bits = [f"{v['step'] / floor_b['step']:.2f}x floor" if floor_b else None,
@@ -211,8 +223,11 @@ def summary(results: dict, shapes) -> list[str]:
                         f"({(v['mem'] + v['scratch']) / ref['mem']:.3f} with its scratch)" if ref else None]
                 bits += [f"{p.split()[0]} time / ours {r[p]['step'] / v['step']:.2f} (> 1: we are faster)" for p in
                          ("flashkan KANLayer", "inkan KANLayer") if p in r]
+                before = r.get(name.replace(", updated grid", "").replace("default", "default (BSplineKAN(in, out))"))
+                if "updated grid" in name and before:
+                    bits.append(f"{v['step'] / before['step']:.2f}x the time before the grid update")
                 parts.append(f"- {name}: " + ", ".join(b for b in bits if b))
-        for name in ("RSWAF fast eager", "RSWAF fast compiled"):
+        for name in ("RSWAF fast eager", "RSWAF fast compiled", "RSWAF default (RSWAFKAN(in, out))"):
             if name in r and floor_r:
                 v, rr = r[name], r.get("RSWAF reference")
                 extra = f", {rr['step'] / v['step']:.1f}x faster than reference" if rr else ""

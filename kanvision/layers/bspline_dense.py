@@ -91,7 +91,7 @@ def dense_tables(grid: torch.Tensor, order: int, uniform: bool) -> tuple[torch.T
     """Per-layer constants of the dense kernels, from the knots alone (tensor ops only: traceable).
 
     uniform: (lo (in, 1 + nb) = each basis's first knot, column 0 unused; inv_h (in,)).
-    otherwise: (knots (k + 2, in, nb): knot g_{m+s} of basis m at [s]; recip (k (k + 1), in, nb): for
+    otherwise: (knots (k + 2, in, 1 + nb): knot g_{m+s} of basis m at [s, :, 1 + m]; recip (k (k + 1), in, 1 + nb): for
     p = 1..k, s = 0..k - p, the pair 1 / (g_{m+s+p} - g_{m+s}), 1 / (g_{m+s+p+1} - g_{m+s+1}), 0 where the
     knots coincide (the B-spline convention 0/0 = 0)).
     """
@@ -105,7 +105,9 @@ def dense_tables(grid: torch.Tensor, order: int, uniform: bool) -> tuple[torch.T
         inv_h = ((g.size(1) - 1) / (g64[:, -1] - g64[:, 0])).to(dtype)
         lo = torch.cat([torch.zeros_like(g[:, :1]), g[:, :nb]], 1)
         return lo, inv_h
-    knots = torch.stack([g[:, s:s + nb] for s in range(k + 2)])
+    # Column 0 (the base slot) is a zero dummy, so every table row lines up with the (1 + nb) feature row:
+    # the compiler then reads tables and writes features with one contiguous index and vectorises the pair.
+    knots = F.pad(torch.stack([g[:, s:s + nb] for s in range(k + 2)]), (1, 0))
     recips = []
     for p in range(1, k + 1):
         for s in range(k - p + 1):
@@ -137,9 +139,11 @@ def _cardinal(u: torch.Tensor, order: int, derivative: bool) -> torch.Tensor:
 
 
 def _de_boor_dense(x: torch.Tensor, knots: torch.Tensor, recip: torch.Tensor, order: int, derivative: bool):
-    """Cox-de Boor for each dense basis from its own k + 2 knots: x (N, in, 1) -> (N, in, nb)."""
+    """Cox-de Boor for each dense basis from its own k + 2 knots: x (N, in, 1) -> (N, in, 1 + nb)."""
     k = order
-    b = [((x >= knots[s]) & (x < knots[s + 1])).to(x.dtype) for s in range(k + 1)]
+    # Knots never decrease, so x in [g_s, g_s+1) is (x >= g_s) - (x >= g_s+1): k + 2 comparisons, not 2k + 2.
+    ge = [(x >= knots[s]).to(x.dtype) for s in range(k + 2)]
+    b = [ge[s] - ge[s + 1] for s in range(k + 1)]
     r = iter(recip.unbind(0))
     for p in range(1, k + 1):
         last = p == k
@@ -162,7 +166,7 @@ def _spline_part(x: torch.Tensor, ta: torch.Tensor, tb: torch.Tensor, order: int
         if derivative:
             v = v * tb.unsqueeze(-1)
     else:
-        v = F.pad(_de_boor_dense(xc, ta, tb, order, derivative), (1, 0))
+        v = _de_boor_dense(xc, ta, tb, order, derivative)
     return v
 
 

@@ -57,7 +57,7 @@ def features(x, ta, tb, order: int, uniform: bool, act: str, compile: bool | Non
     if _traced() or x.device.type == "meta" or spec is None:
         return dense_features(x, ta, tb, order, uniform, act, out_dtype)
     if act != "module" and use_compiled(compile, x.device):
-        out = scratch((x.size(0), x.size(1), ta.size(-1) if uniform else ta.size(-1) + 1), out_dtype, x.device)
+        out = scratch((x.size(0), x.size(1), ta.size(-1)), out_dtype, x.device)  # tables are (.., in, 1 + nb)
         variant = ("features", order, uniform, act, x.dtype, out_dtype, x.device.type, torch.is_inference_mode_enabled())
         y = run_compiled(dense_features, variant, (x, ta, tb, order, uniform, act, out_dtype), {"out": out}, x)
         if y is not None:
