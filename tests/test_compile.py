@@ -136,4 +136,7 @@ def test_compile_opt_out_and_availability(monkeypatch):
     kcompile.compile_supported.cache_clear()
     assert not kcompile.use_compiled(False, torch.device("cpu"))
     assert kcompile.compile_supported("meta")[0] is False
+    kcompile._TOLD.clear()
+    with pytest.warns(RuntimeWarning, match="compile=True.*run eager on meta: kernels are compiled for cpu and cuda"):
+        assert not kcompile.use_compiled(True, torch.device("meta"))
     kcompile.compile_supported.cache_clear()

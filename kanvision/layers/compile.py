@@ -43,11 +43,19 @@ def compile_supported(device_type: str) -> tuple[bool, str]:
 
 
 def use_compiled(switch: bool | None, device: torch.device) -> bool:
-    """Resolve a layer's `compile` switch (None = automatic) for a call on `device`."""
+    """Resolve a layer's `compile` switch (None = automatic) for a call on `device`; an explicit True that
+    cannot be honoured says why, once per device type."""
     if switch is False:
         return False
-    ok, _ = compile_supported(device.type)
+    ok, why = compile_supported(device.type)
+    if not ok and switch is True and device.type not in _TOLD:
+        _TOLD.add(device.type)
+        warnings.warn(f"kanvision: KAN kernels asked to compile (compile=True) run eager on {device.type}: {why}",
+                      RuntimeWarning, stacklevel=3)
     return ok
+
+
+_TOLD: set[str] = set()
 
 
 def _own_code(fn, tag: str):
