@@ -8,7 +8,9 @@ per thread (autograd may run layers from several threads) and per slot (a kernel
 CUDA's caching allocator already reuses memory, so other devices simply get a new tensor.
 
 A scratch tensor is valid until the next `scratch` call for the same slot in the same thread: callers
-must consume it before returning, never save it for backward or hand it out.
+must consume it before returning, never save it for backward or hand it out. Only eager kernels use them:
+inside `torch.compile(model)`, `torch.export` or CUDA graphs the compiler owns every buffer (it may keep an
+intermediate for backward, which a shared buffer would corrupt), so traced kernels allocate normally.
 """
 from __future__ import annotations
 
