@@ -116,6 +116,7 @@ class ImageDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.dataset, self.root = dataset, Path(root).expanduser()
         self._mean, self._std = mean, std
+        self._warned_absent: set[Path] = set()
         self.train_set = self.val_set = self.test_set = None
 
     # ---------------------------------------------------------------- what the model needs up front
@@ -154,8 +155,31 @@ class ImageDataModule(L.LightningDataModule):
     def _image_folder(self, split: str, transform):
         from torchvision import datasets
         folder = self._folder(split)
+        classes = self.class_names
+        # Every split is labelled by the training classes: indexing a split by its own folders would score a
+        # test class the model never saw as some other class, and a missing folder would shift every label.
+        class_to_idx = {c: i for i, c in enumerate(classes)}
+        if split != "train":
+            here = sorted(p.name for p in folder.iterdir() if p.is_dir())
+            unknown = [c for c in here if c not in class_to_idx]
+            if unknown:
+                raise DataError(f"imagefolder {folder}: class folder(s) {', '.join(unknown)} are not training classes "
+                                f"(train has {', '.join(classes)}); the model cannot predict them: remove them "
+                                f"from {folder} or add them to {self._folder('train')}")
+            absent = [c for c in classes if c not in here]
+            if absent and folder not in self._warned_absent:
+                self._warned_absent.add(folder)
+                from lightning.pytorch.utilities import rank_zero_warn
+                rank_zero_warn(f"imagefolder {folder}: no folder for training class(es) {', '.join(absent)}: "
+                               f"this split is scored on the other {len(classes) - len(absent)} classes only")
+            class_to_idx = {c: i for c, i in class_to_idx.items() if c in here}
+
+        class TrainIndexed(datasets.ImageFolder):
+            def find_classes(self, directory):
+                return list(classes), dict(class_to_idx)
+
         try:
-            return datasets.ImageFolder(str(folder), transform)
+            return TrainIndexed(str(folder), transform)
         except FileNotFoundError as e:  # a class folder without images, or no class folders at all
             raise DataError(f"imagefolder {folder}: {e}") from None
 

@@ -115,3 +115,26 @@ def test_subsets_and_epoch_sampler():
     assert first == list(s) and sorted(first) == list(range(10))
     s.set_epoch(1)
     assert list(s) != first
+
+
+def test_imagefolder_test_split_labelled_by_training_classes(image_folder):
+    """A test split missing a class keeps the training indices (bee stays 1) and says which is missing, once."""
+    import shutil
+    shutil.rmtree(image_folder / "test" / "ant")
+    dm = ImageDataModule("imagefolder", root=str(image_folder), batch_size=4, num_workers=0, img_size=16,
+                         mean=[0.5] * 3, std=[0.5] * 3)
+    with pytest.warns(UserWarning, match=r"no folder for training class\(es\) ant: .*other 2 classes") as w:
+        dm.setup("test")
+    assert sum("no folder for training class" in str(m.message) for m in w) == 1
+    assert sorted(set(dm.test_set.targets)) == [1, 2]
+    assert [dm.test_set.targets[i] for i, (p, _) in enumerate(dm.test_set.samples) if "/bee/" in p] == [1] * 4
+
+
+def test_imagefolder_test_class_unknown_to_training_is_refused(image_folder):
+    (image_folder / "test" / "zebra").mkdir()
+    Image.new("RGB", (8, 8)).save(image_folder / "test" / "zebra" / "0.png")
+    dm = ImageDataModule("imagefolder", root=str(image_folder), batch_size=4, num_workers=0, img_size=16,
+                         mean=[0.5] * 3, std=[0.5] * 3)
+    with pytest.raises(DataError, match=r"test: class folder\(s\) zebra are not training classes \(train has "
+                                        r"ant, bee, cow\)"):
+        dm.setup("test")
