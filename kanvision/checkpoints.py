@@ -210,6 +210,15 @@ def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], sour
     raise CheckpointError(f"{source}: weights do not fit the model: " + "; ".join(problems))
 
 
+def check_finite(state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Raise CheckpointError when any weight is NaN/inf: such a model predicts NaN for every input."""
+    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{source}: {len(bad)} weight tensor(s) hold NaN/inf values ({_short(bad, 3)}): the "
+                              "training run diverged; use a checkpoint saved before it did, or retrain with a lower "
+                              "learning rate")
+
+
 def load_pretrained(path: str | os.PathLike, device: str | torch.device | None = None, strict: bool = True,
                     verify_hash: bool = True) -> nn.Module:
     """Model from an export dir, a model.safetensors beside its config.json, or a kanvision Lightning .ckpt.
@@ -228,6 +237,7 @@ def load_pretrained(path: str | os.PathLike, device: str | torch.device | None =
     except Exception as e:
         raise CheckpointError(f"{path}: cannot build {name!r} with {config['model_args']}: {e}") from None
     check_state_dict(model, state_dict, str(path), strict=strict)
+    check_finite(state_dict, str(path))
     model.load_state_dict(state_dict, strict=strict)
     model.pretrained_cfg = dict(getattr(model, "pretrained_cfg", {}) or {}, **config["pretrained_cfg"])
     model.class_names = config["kanvision"].get("class_names")
@@ -319,6 +329,7 @@ def export(run_or_ckpt: str | os.PathLike, out: str | os.PathLike, force: bool =
                               "kan_kwargs/model_kwargs must be plain numbers, strings, lists and dicts") from None
     import timm
     check_state_dict(timm.create_model(config["architecture"], **config["model_args"]), state_dict, str(ckpt_path))
+    check_finite(state_dict, str(ckpt_path))
     # clone: safetensors refuses shared storage (tied weights) and needs contiguous tensors
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
     out = Path(out)

@@ -34,6 +34,8 @@ def _cli_class():
     from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
     from lightning.pytorch.cli import LightningCLI
 
+    from .runs import RunStatus
+
     class KanvisionCLI(LightningCLI):
         def add_arguments_to_parser(self, parser):
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -50,6 +52,7 @@ def _cli_class():
             callbacks = list(cfg.get("callbacks") or [])
             if cfg.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
                 callbacks.append(RichProgressBar())
+            callbacks.append(RunStatus())
             kwargs.setdefault("callbacks", callbacks)
             if cfg.get("logger") in (None, True):
                 kwargs.setdefault("logger", default_loggers(cfg.get("default_root_dir") or RUNS_DIR,
@@ -100,6 +103,7 @@ def lightning_main(args: list[str]) -> None:
     """`kanvision fit|validate|test ...`: LightningCLI over ImageClassifier and ImageDataModule."""
     from .data import DataError, ImageDataModule
     from .module import ConfigError, ImageClassifier
+    from .runs import DivergedError
 
     try:
         cli = _cli_class()(
@@ -107,7 +111,7 @@ def lightning_main(args: list[str]) -> None:
             save_config_kwargs={"overwrite": True}, seed_everything_default=0,
             parser_kwargs={"description": "kanvision training (LightningCLI); see configs/ and the README"},
         )
-    except (DataError, ConfigError) as e:  # user input, not a bug: one line, no traceback
+    except (DataError, ConfigError, DivergedError) as e:  # user input, not a bug: one line, no traceback
         raise SystemExit(f"kanvision: error: {e}") from None
     _close_process_group()
     return cli

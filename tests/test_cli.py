@@ -1,4 +1,5 @@
 """`kanvision fit|validate|test` through the real LightningCLI, on synthetic data and a one-block Mixer."""
+import math
 import re
 from pathlib import Path
 
@@ -144,3 +145,27 @@ def test_shell_gets_an_exit_status_not_the_tools_result(monkeypatch):
     assert main() == 0
     monkeypatch.setattr(sys, "argv", ["kanvision", "failed"])
     assert main() == 3
+
+
+def test_diverging_run_stops_and_is_marked(tmp_path):
+    """lr 1e4: the loss turns NaN; training stops there with one line, non-zero exit and status.json."""
+    import json
+    cfg = write_config(tmp_path, trainer__max_epochs=4)
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--config", cfg, f"--trainer.default_root_dir={tmp_path}", "--name=div",
+              "--model.optimizer=torch.optim.SGD", "--model.optimizer.init_args.lr=1e4", "--model.lr_scheduler=null"])
+    msg = str(e.value.code)
+    assert re.fullmatch(r"kanvision: error: training diverged: loss (nan|inf|-inf) at step \d+ \(epoch \d\), last finite "
+                        r"loss \S+, lr 1e\+04; the run is marked diverged in .*status\.json\. Lower the learning rate.*",
+                        msg), msg
+    status = json.loads((run_dir(tmp_path, "div") / "status.json").read_text())
+    assert status["status"] == "diverged" and status["lr"] == 1e4 and status["loss"] in ("nan", "inf", "-inf")
+    assert f"at step {status['step']} " in msg
+    assert status["last_finite_loss"] is None or math.isfinite(status["last_finite_loss"])
+
+
+def test_finished_run_is_marked(tmp_path):
+    import json
+    main(["fit", "--config", write_config(tmp_path), f"--trainer.default_root_dir={tmp_path}", "--name=ok",
+          "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"])
+    assert json.loads((run_dir(tmp_path, "ok") / "status.json").read_text()) == {"status": "finished"}
