@@ -22,12 +22,13 @@ from .bspline_basis import b_spline_basis
 __all__ = ["check_update_rows", "init_coefficients", "lstsq_coefficients", "new_knots", "refit_coefficients",
            "refit_projection", "single_thread"]
 
-# Elements of one (rows, in, knots) basis tensor per chunk: a few MB, so the float64 Cox-de Boor
-# temporaries stay small and are reused by the allocator instead of page-faulting fresh memory.
-CHUNK_ELEMENTS = 1 << 19
+# Elements of one (rows, in, knots) basis tensor per chunk (16 MB in float64): the temporaries of a chunk
+# stay near 100 MB whatever the row count, and each elementwise op is big enough to amortise its dispatch
+# and thread barrier (measured here on a loaded 2-core CPU: 2^17 took 13x longer than 2^21 at 2 threads).
+CHUNK_ELEMENTS = 1 << 21
 # Eigenvalues of a Gram matrix below this fraction of its largest are treated as zero. Rounding leaves the
-# null eigenvalues of an exactly rank-deficient Gram near 1e-16 relative; genuine ones of a usable fit are
-# far above 1e-11 (a singular value ratio of 3e-6).
+# null eigenvalues of an exactly rank-deficient Gram (a feature with fewer distinct values than bases)
+# near 1e-16 relative; a genuine one at 1e-11 would already mean a singular value ratio of 3e-6.
 GRAM_RCOND = 1e-11
 
 
@@ -46,6 +47,15 @@ def single_thread():
         torch.set_num_threads(threads)
 
 
+@contextmanager
+def _cpu_single_thread(device: torch.device):
+    if device.type == "cpu":
+        with single_thread():
+            yield
+    else:
+        yield
+
+
 def fit_device(device: torch.device) -> torch.device:
     # MPS has no float64; the fit is small, so it runs on the CPU there rather than in float32.
     return torch.device("cpu") if device.type == "mps" else device
@@ -53,10 +63,7 @@ def fit_device(device: torch.device) -> torch.device:
 
 def pinv_psd(gram: torch.Tensor, rcond: float = GRAM_RCOND) -> torch.Tensor:
     """Batched pseudo-inverse of symmetric positive semi-definite matrices (..., m, m) via eigh."""
-    if gram.device.type == "cpu":
-        with single_thread():
-            w, v = torch.linalg.eigh(gram)
-    else:
+    with _cpu_single_thread(gram.device):
         w, v = torch.linalg.eigh(gram)
     keep = w > rcond * w.amax(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
     inv_w = torch.where(keep, 1.0 / torch.where(keep, w, torch.ones_like(w)), torch.zeros_like(w))
@@ -68,10 +75,8 @@ def _shared_row(grid: torch.Tensor) -> bool:
 
 
 def _pinv(a: torch.Tensor) -> torch.Tensor:
-    if a.device.type == "cpu":
-        with single_thread():
-            return torch.linalg.pinv(a)
-    return torch.linalg.pinv(a)
+    with _cpu_single_thread(a.device):
+        return torch.linalg.pinv(a)
 
 
 def init_coefficients(grid: torch.Tensor, order: int, noise: torch.Tensor) -> torch.Tensor:
@@ -94,19 +99,47 @@ def _row_chunks(x: torch.Tensor, width: int):
     return x.split(step)
 
 
+def _knot_tables(grid: torch.Tensor, order: int) -> list[tuple[torch.Tensor, ...]]:
+    """Per Cox-de Boor level: left/right knots and reciprocal spans (0 for repeated knots, the B-spline
+    0/0 := 0 convention), so a level costs a few multiplies instead of divisions and masks."""
+    tables = []
+    for k in range(1, order + 1):
+        lo, hi = grid[:, : -(k + 1)], grid[:, k + 1:]
+        spans_l, spans_r = grid[:, k:-1] - lo, hi - grid[:, 1:-k]
+        inv_l = torch.where(spans_l > 0, 1.0 / torch.where(spans_l > 0, spans_l, 1.0), 0.0)
+        inv_r = torch.where(spans_r > 0, 1.0 / torch.where(spans_r > 0, spans_r, 1.0), 0.0)
+        tables.append((lo, hi, inv_l, inv_r))
+    return tables
+
+
+def _bases(x: torch.Tensor, grid: torch.Tensor, tables) -> torch.Tensor:
+    """Same values as bspline_basis.b_spline_basis (N, in, m) for finite x, with in-place level updates."""
+    x = x.unsqueeze(-1)
+    bases = ((x >= grid[:, :-1]) & (x < grid[:, 1:])).to(x.dtype)
+    for lo, hi, inv_l, inv_r in tables:
+        left = (x - lo).mul_(inv_l).mul_(bases[..., :-1])
+        right = (hi - x).mul_(inv_r)
+        bases = left.addcmul_(right, bases[..., 1:])
+    return bases
+
+
 def _gram(x: torch.Tensor, grid: torch.Tensor, order: int, other: torch.Tensor | None = None):
     """A^T A (in, m, m) and, with `other` knots, A^T A_other, for A the bases of x on `grid`; row-chunked."""
     n_in, width = grid.shape
     m = width - 1 - order
+    tables = _knot_tables(grid, order)
+    other_tables = None if other is None else _knot_tables(other, order)
     gram = grid.new_zeros(n_in, m, m)
     cross = None if other is None else grid.new_zeros(n_in, m, other.size(1) - 1 - order)
     for chunk in _row_chunks(x, width):
         chunk = chunk.to(grid.dtype)
-        a = b_spline_basis(chunk, grid, order).transpose(0, 1)  # (in, rows, m)
-        at = a.transpose(1, 2)
-        gram.baddbmm_(at, a)
-        if other is not None:
-            cross.baddbmm_(at, b_spline_basis(chunk, other, order).transpose(0, 1))
+        a = _bases(chunk, grid, tables)  # (rows, in, m)
+        b = None if other is None else _bases(chunk, other, other_tables)
+        # `in` tiny GEMMs: threads only add a barrier per matrix (seconds when the CPU is oversubscribed).
+        with _cpu_single_thread(a.device):
+            gram += torch.einsum("nim,nil->iml", a, a)
+            if b is not None:
+                cross += torch.einsum("nim,nil->iml", a, b)
     return gram, cross
 
 
@@ -125,7 +158,7 @@ def refit_coefficients(x: torch.Tensor, old_grid: torch.Tensor, new_grid: torch.
     old_grid (float64 least squares, in coeff's dtype and device)."""
     p = refit_projection(x, old_grid, new_grid, order)
     c = coeff.detach().to(p.device, torch.float64)
-    return torch.einsum("iml,oil->oim", p, c).to(coeff.device, coeff.dtype)
+    return torch.einsum("iml,oil->oim", p, c).to(coeff.device, coeff.dtype).contiguous()
 
 
 def lstsq_coefficients(x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, order: int) -> torch.Tensor:
@@ -165,4 +198,4 @@ def new_knots(x: torch.Tensor, grid_size: int, order: int, grid_eps: float, marg
     grid = grid_eps * grid_uniform + (1 - grid_eps) * grid_adaptive
     k = torch.arange(1, order + 1, dtype=x.dtype, device=x.device).unsqueeze(1)
     grid = torch.cat([grid[:1] - uniform_step * k.flip(0), grid, grid[-1:] + uniform_step * k], dim=0)
-    return grid.T
+    return grid.T.contiguous()
