@@ -1,9 +1,11 @@
 """Grid updates of every B-spline KAN layer of a model from one batch, identical on every DDP rank.
 
 Each layer's grid is fitted to the inputs that layer sees (captured with forward hooks in one no-grad
-pass), as the KAN paper's grid extension does. Under DDP every rank's inputs are gathered so that all
-ranks fit the same grid to the same global batch, and rank 0's result is then broadcast, so grids and
-coefficients are bit-identical across ranks even if a solver were non-deterministic.
+pass), as the KAN paper's grid extension does. Under DDP the ranks' rows are gathered (counts may differ
+per rank), every rank checks the same global rows (so a bad batch fails on all ranks, none left waiting in
+a collective), each layer is fitted once, by one rank (layers dealt round-robin), and the owner's knots
+and coefficients are broadcast: ranks end bit-identical, and the fitting work is shared instead of
+repeated. Every rank issues the same collectives in the same order.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .layers import BSplineKAN
+from .layers import bspline_fit
 
 __all__ = ["bspline_layers", "update_grids"]
 
@@ -22,23 +25,69 @@ def bspline_layers(model: nn.Module) -> list[BSplineKAN]:
     return [m for m in model.modules() if isinstance(m, BSplineKAN)]
 
 
-def _gather_rows(x: torch.Tensor) -> torch.Tensor:
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _rank() -> int:
+    return dist.get_rank() if _world() > 1 else 0
+
+
+def _gather_counts(counts: list[int], device: torch.device) -> torch.Tensor:
+    """(world, layers) row counts of every rank, from one all_gather."""
+    mine = torch.tensor(counts, dtype=torch.int64, device=device)
+    if _world() == 1:
+        return mine.unsqueeze(0)
+    parts = [torch.empty_like(mine) for _ in range(_world())]
+    dist.all_gather(parts, mine)
+    return torch.stack(parts).cpu()
+
+
+def _gather_rows(x: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """Every rank's rows, concatenated in rank order; counts[r] rows from rank r (padded for all_gather,
+    which needs equal shapes: unequal ones abort gloo and hang NCCL)."""
     if _world() == 1:
         return x
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())  # same shapes on every rank: per-device batches are equal
-    return torch.cat(parts)
+    longest = max(counts)
+    padded = x.new_zeros(longest, x.size(1))
+    padded[: x.size(0)] = x
+    parts = [torch.empty_like(padded) for _ in range(len(counts))]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:c] for p, c in zip(parts, counts)])
+
+
+def _install(layer: BSplineKAN, grid: torch.Tensor, coeff: torch.Tensor) -> None:
+    # copy_ (not a collective writing the buffer directly) bumps the version counters the layer's kernel
+    # tables are keyed on; the hook lets the layer re-derive what it caches about its knots.
+    layer.grid.copy_(grid)
+    layer.spline_weight.copy_(coeff)
+    if hasattr(layer, "_on_grid_changed"):
+        layer._on_grid_changed()
 
 
 @torch.no_grad()
 def update_grids(model: nn.Module, images: torch.Tensor, margin: float = 0.01) -> int:
-    """Refit every BSplineKAN grid to its inputs on `images`; returns the number of layers updated."""
+    """Refit every BSplineKAN grid to its inputs on `images`; returns the number of layers updated.
+
+    A layer the forward pass does not call is left as it is (and not counted). Under DDP, call it on
+    every rank with that rank's batch (sizes may differ).
+    """
     layers = bspline_layers(model)
     if not layers:
         return 0
+    world, rank = _world(), _rank()
+    per_rank = max(1, MAX_ROWS // world)
     captured: dict[int, torch.Tensor] = {}
-    hooks = [layer.register_forward_pre_hook(lambda m, args, i=i: captured.__setitem__(i, args[0].detach()))
-             for i, layer in enumerate(layers)]
+
+    def capture(i):
+        def hook(module, args, output):  # after forward: the layer has checked the input's shape
+            rows = args[0].detach().reshape(-1, module.in_features)
+            # A strided subset bounds the cost for token models (B x tokens rows) and what is held here.
+            stride = max(1, rows.size(0) // per_rank)
+            captured[i] = rows[::stride].to(module.grid.dtype).contiguous()
+        return hook
+
+    hooks = [layer.register_forward_hook(capture(i)) for i, layer in enumerate(layers)]
     was_training = model.training
     try:
         model.eval()  # dropout / drop-path off: the grid should follow the deterministic function
@@ -47,17 +96,47 @@ def update_grids(model: nn.Module, images: torch.Tensor, margin: float = 0.01) -
         model.train(was_training)
         for h in hooks:
             h.remove()
-    for i, layer in enumerate(layers):
-        rows = captured[i].reshape(-1, layer.in_features)
-        # A strided subset, the same on every rank, bounds the cost for token models (B x tokens rows).
-        stride = max(1, rows.size(0) // max(1, MAX_ROWS // max(1, _world())))
-        rows = _gather_rows(rows[::stride].float().contiguous())
-        layer.update_grid(rows.to(layer.grid.dtype), margin=margin)  # its least-squares fit is single-threaded
-        if _world() > 1:
-            dist.broadcast(layer.grid, src=0)
-            dist.broadcast(layer.spline_weight.data, src=0)
-    return len(layers)
+    # Same model on every rank, so the same layers ran everywhere.
+    todo = [i for i in range(len(layers)) if i in captured]
+    if not todo:
+        return 0
+    device = captured[todo[0]].device
+    counts = _gather_counts([captured[i].size(0) for i in todo], device)  # (world, len(todo))
 
-
-def _world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    for start in range(0, len(todo), world):
+        group = todo[start:start + world]  # group[r] is fitted by rank r
+        mine = None
+        for r, i in enumerate(group):
+            rows = _gather_rows(captured.pop(i), counts[:, start + r].tolist())
+            rows = bspline_fit.check_update_rows(layers[i], rows)  # same rows, same verdict on every rank
+            if r == rank:
+                mine = rows
+        error, fitted = None, {}
+        if mine is not None:
+            layer = layers[group[rank]]
+            try:
+                grid = bspline_fit.new_knots(mine, layer.grid_size, layer.spline_order, layer.grid_eps, margin)
+                grid = grid.to(layer.grid.dtype)
+                coeff = bspline_fit.refit_coefficients(mine, layer.grid, grid, layer.spline_order,
+                                                       layer.spline_weight)
+                # Collectives send the storage as laid out: a transposed view would arrive scrambled.
+                fitted[group[rank]] = (grid.contiguous(), coeff.contiguous())
+            except Exception as e:  # noqa: BLE001  (re-raised below, after telling the other ranks)
+                error = e
+            del mine
+        if world > 1:
+            # A failed fit must stop every rank, not leave the others waiting in the broadcasts below.
+            failed = torch.tensor([0 if error is None else 1], device=device)
+            dist.all_reduce(failed)
+            if int(failed) and error is None:
+                raise RuntimeError("update_grids: the grid fit failed on another rank (see its error)")
+        if error is not None:
+            raise error
+        for r, i in enumerate(group):
+            layer = layers[i]
+            grid, coeff = fitted.get(i) or (torch.empty_like(layer.grid), torch.empty_like(layer.spline_weight))
+            if world > 1:
+                dist.broadcast(grid, src=r)
+                dist.broadcast(coeff, src=r)
+            _install(layer, grid, coeff)
+    return len(todo)

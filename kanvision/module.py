@@ -129,7 +129,11 @@ class ImageClassifier(L.LightningModule):
     def on_train_batch_start(self, batch, batch_idx) -> None:
         hp = self.hparams
         step = self.global_step
-        if hp.grid_update_every and step % hp.grid_update_every == 0 and step <= hp.grid_update_until:
+        # Once per optimizer step: with gradient accumulation every micro-batch of a step sees the same
+        # global_step, and refitting on each would change the function between the step's micro-batches.
+        if (hp.grid_update_every and step % hp.grid_update_every == 0 and step <= hp.grid_update_until
+                and getattr(self, "_grid_updated_at", None) != step):
+            self._grid_updated_at = step
             update_grids(self.model, batch[0])  # no-op without B-spline layers
         synchronize(self.device)  # queued work (last step, the grid update) is not this step's time
         self._t0 = time.perf_counter()

@@ -154,11 +154,14 @@ def reset_kan_layers(model: nn.Module) -> nn.Module:
     """Give KAN layers back their own init after the host model's init pass.
 
     timm's ViT init puts trunc_normal(0.02) on every nn.Linear it finds, RSWAF's `spline_linear` included;
-    the papers' RSWAF layer is xavier-uniform. B-spline weights are plain Parameters that timm's passes
-    do not visit, but re-running their init keeps the rule simple: KAN layers are initialised by KAN code.
+    the papers' RSWAF layer is xavier-uniform, so RSWAF layers are re-initialised. B-spline layers are not:
+    their weights are plain Parameters of the layer itself, which timm's init passes (nn.Linear / Conv /
+    norm modules, `init_weights` hooks) do not visit, so their construction-time init stands and is not
+    fitted a second time (tests/test_grid_update.py checks that a built model keeps it).
     """
     for module in kan_modules(model):
-        module.reset_parameters()
+        if not isinstance(module, BSplineKAN):
+            module.reset_parameters()
     return model
 
 
