@@ -94,9 +94,25 @@ def default_loggers(root: str, name: str) -> list:
     """CSV + TensorBoard in one run directory <root>/<name>/version_N (TensorBoard events in its tensorboard/)."""
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    csv = CSVLogger(root, name=name)
-    # Each logger would pick its own next version_N; the TensorBoard one follows the CSV one.
-    return [csv, TensorBoardLogger(root, name=name, version=csv.version, sub_dir="tensorboard")]
+    import os
+
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from .runs import allocate_version
+
+    if rank_zero_only.rank == 0:
+        # Created here, atomically: the loggers would each scan for the next free version_N when they first
+        # write, and two runs of the same name started together would both take the same one.
+        version = allocate_version(root, name)
+        os.environ[RUN_VERSION_ENV] = str(version)  # DDP ranks started after this (same job) inherit it
+    else:
+        # Other ranks write no logs (Lightning broadcasts rank 0's directory); take its number, create nothing.
+        version = int(os.environ.get(RUN_VERSION_ENV, "0"))
+    return [CSVLogger(root, name=name, version=version),
+            TensorBoardLogger(root, name=name, version=version, sub_dir="tensorboard")]
+
+
+RUN_VERSION_ENV = "KANVISION_RUN_VERSION"
 
 
 def lightning_main(args: list[str]) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-__all__ = ["DivergedError", "RunStatus", "read_status", "write_status"]
+__all__ = ["DivergedError", "RunStatus", "allocate_version", "read_status", "write_status"]
 
 STATUS_NAME = "status.json"
 
@@ -43,6 +43,24 @@ def read_status(run_dir: str | os.PathLike) -> dict | None:
         return json.loads((Path(run_dir) / STATUS_NAME).read_text())
     except (OSError, ValueError):
         return None
+
+
+def allocate_version(root: str | os.PathLike, name: str) -> int:
+    """Create <root>/<name>/version_N for the first free N and return N.
+
+    os.mkdir either creates the directory or fails because it exists, so of two runs started together with
+    the same name each gets its own N (a scan for the next free number would give both the same one).
+    """
+    base = Path(root) / name
+    base.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name[len("version_"):]) for p in base.glob("version_*") if p.name[len("version_"):].isdigit()]
+    n = max(taken, default=-1) + 1
+    while True:
+        try:
+            os.mkdir(base / f"version_{n}")
+            return n
+        except FileExistsError:
+            n += 1
 
 
 def _loss_text(x: float) -> str:

@@ -169,3 +169,30 @@ def test_finished_run_is_marked(tmp_path):
     main(["fit", "--config", write_config(tmp_path), f"--trainer.default_root_dir={tmp_path}", "--name=ok",
           "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"])
     assert json.loads((run_dir(tmp_path, "ok") / "status.json").read_text()) == {"status": "finished"}
+
+
+def test_runs_of_the_same_name_get_their_own_directory(tmp_path):
+    """Two runs started together both saw no version_0 yet and logged into it; the directory is now taken
+    with mkdir, first come first served, and both loggers of a run use that exact directory."""
+    import threading
+
+    from kanvision.cli import default_loggers
+    from kanvision.runs import allocate_version
+
+    first, second = default_loggers(str(tmp_path), "same"), default_loggers(str(tmp_path), "same")
+    assert [lg.version for lg in first] == [0, 0] and [lg.version for lg in second] == [1, 1]
+    assert (tmp_path / "same" / "version_0").is_dir() and (tmp_path / "same" / "version_1").is_dir()
+    assert second[1].log_dir == str(tmp_path / "same" / "version_1" / "tensorboard")
+
+    start, got = threading.Barrier(8), []
+
+    def run():
+        start.wait()
+        got.append(allocate_version(tmp_path, "race"))
+
+    threads = [threading.Thread(target=run) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == list(range(8))

@@ -82,6 +82,9 @@ def test_ddp_two_cpu_processes(tmp_path):
     ckpt_dirs = sorted(p for p in (tmp_path / "runs").rglob("checkpoints") if p.is_dir())
     assert len(ckpt_dirs) == 1, ckpt_dirs
     assert (ckpt_dirs[0].parent / "config.yaml").is_file() and any(ckpt_dirs[0].glob("*.ckpt"))
+    # Rank 1 takes rank 0's version number and creates no directory of its own.
+    assert [p.name for p in (tmp_path / "runs" / "ddp").iterdir()] == ["version_0"]
+    assert json.loads((ckpt_dirs[0].parent / "status.json").read_text()) == {"status": "finished"}
 
     # Metrics: each rank validated half of the images; the logged value is the accuracy over all of them.
     ranks = [json.loads((tmp_path / f"val_rank{r}.json").read_text()) for r in (0, 1)]
