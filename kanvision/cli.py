@@ -46,6 +46,16 @@ def _cli_class():
             parser.add_argument("--name", default="kanvision",
                                 help="run name: logs and checkpoints go to <default_root_dir or runs>/<name>/version_N")
 
+        def _parse_ckpt_path(self):
+            # Lightning replaces the model's config with the checkpoint's hyper-parameters, so a flag such as
+            # --model.kan rswaf would be dropped without a word and the checkpoint's model run instead.
+            sub = self.config.get("subcommand")
+            before = self.config[sub].get("model") if sub else None
+            before = before.clone() if before is not None else None
+            super()._parse_ckpt_path()
+            if before is not None:
+                check_ckpt_contradictions(before, self.config[sub]["model"], self.config[sub].get("ckpt_path"))
+
         def instantiate_trainer(self, **kwargs):
             # Rich progress bar by default, unless the config turns bars off or brings its own.
             cfg = self._get(self.config_init, "trainer", default={})
@@ -88,6 +98,30 @@ def _cli_class():
                       f"(log dir {log_dir}; best checkpoint {ckpt})")
 
     return KanvisionCLI
+
+
+def _plain(value):
+    return value.as_dict() if hasattr(value, "as_dict") else value
+
+
+def check_ckpt_contradictions(given, from_ckpt, ckpt_path) -> None:
+    """ConfigError when a model option set by a flag or config (not its default) differs from the checkpoint's."""
+    import inspect
+
+    from .module import ConfigError, ImageClassifier
+
+    defaults = {name: p.default for name, p in inspect.signature(ImageClassifier.__init__).parameters.items()}
+    problems = []
+    for key, ckpt_value in _plain(from_ckpt).items():
+        if key not in defaults or key == "num_classes":  # num_classes comes from the data (checked on load)
+            continue
+        value = _plain(given.get(key, defaults[key]))
+        if value != defaults[key] and value != _plain(ckpt_value):
+            problems.append(f"--model.{key} {value!r} but the checkpoint has {key}={_plain(ckpt_value)!r}")
+    if problems:
+        raise ConfigError(f"{'; '.join(problems)} ({ckpt_path}). With --ckpt_path the model is the checkpoint's: "
+                          "drop those --model options (or the config lines setting them), or give a checkpoint "
+                          "trained with them")
 
 
 def default_loggers(root: str, name: str) -> list:

@@ -196,3 +196,19 @@ def test_runs_of_the_same_name_get_their_own_directory(tmp_path):
     for t in threads:
         t.join()
     assert sorted(got) == list(range(8))
+
+
+def test_model_flags_contradicting_the_checkpoint_are_refused(tmp_path):
+    """--ckpt_path loads the checkpoint's hyper-parameters over the model's: a contradicting flag ran the
+    checkpoint's model (bspline) with exit 0 instead of the asked rswaf."""
+    cfg = write_config(tmp_path)
+    main(["fit", "--config", cfg, f"--trainer.default_root_dir={tmp_path}", "--name=b",
+          "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"])
+    last = run_dir(tmp_path, "b") / "checkpoints" / "last.ckpt"
+    with pytest.raises(SystemExit) as e:
+        main(["test", "--config", cfg, f"--trainer.default_root_dir={tmp_path}", "--model.kan=rswaf",
+              "--model.grid_update_every=7", f"--ckpt_path={last}"])
+    msg = str(e.value.code)
+    assert msg.startswith("kanvision: error: --model.kan 'rswaf' but the checkpoint has kan='bspline'; "
+                          "--model.grid_update_every 7 but the checkpoint has grid_update_every=0 ("), msg
+    assert "drop those --model options" in msg and "\n" not in msg
