@@ -7,6 +7,7 @@ links num_classes into the model), except an image folder's mean/std, measured i
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -29,6 +30,26 @@ IMAGE_FOLDER_SPLITS = {"train": ("train",), "test": ("test", "val")}
 
 class DataError(RuntimeError):
     """The requested data is not there (or not usable); the message says where we looked and what to do."""
+
+
+def unreadable_reason(path: str) -> str | None:
+    """Why an image file cannot be used (empty, not an image, truncated), or None; fast: no full decode
+    unless a JPEG does not end with its end-of-image marker."""
+    from PIL import Image
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file"
+        with Image.open(path) as img:
+            if img.format == "JPEG":
+                with open(path, "rb") as f:
+                    f.seek(-2, os.SEEK_END)
+                    if f.read(2) != b"\xff\xd9":
+                        img.load()  # bytes after the end marker are legal: only a decode tells truncation
+            else:
+                img.verify()  # PNG: chunk checksums; other formats: the header
+    except Exception as e:  # PIL raises many types (OSError, SyntaxError, struct.error...) for bad files
+        return f"{type(e).__name__}: {str(e)[:80]}" if str(e) else type(e).__name__
+    return None
 
 
 class SyntheticImages(Dataset):
@@ -117,6 +138,7 @@ class ImageDataModule(L.LightningDataModule):
         self.dataset, self.root = dataset, Path(root).expanduser()
         self._mean, self._std = mean, std
         self._warned_absent: set[Path] = set()
+        self._unreadable: dict[Path, dict[str, str]] = {}
         self.train_set = self.val_set = self.test_set = None
 
     # ---------------------------------------------------------------- what the model needs up front
@@ -179,9 +201,31 @@ class ImageDataModule(L.LightningDataModule):
                 return list(classes), dict(class_to_idx)
 
         try:
-            return TrainIndexed(str(folder), transform)
+            ds = TrainIndexed(str(folder), transform)
         except FileNotFoundError as e:  # a class folder without images, or no class folders at all
             raise DataError(f"imagefolder {folder}: {e}") from None
+        bad = self._unreadable_files(folder, [p for p, _ in ds.samples])
+        if bad:
+            ds.samples = [(p, t) for p, t in ds.samples if p not in bad]
+            ds.imgs, ds.targets = ds.samples, [t for _, t in ds.samples]
+            if not ds.samples:
+                raise DataError(f"imagefolder {folder}: none of its {len(bad)} image files is readable "
+                                f"(e.g. {next(iter(bad))}: {next(iter(bad.values()))})")
+        return ds
+
+    def _unreadable_files(self, folder: Path, paths: list[str]) -> dict[str, str]:
+        """Checked once per folder before training: a bad file found by a worker mid-epoch would end the run
+        with a traceback that does not name it, and lose the epoch. Bad files are skipped, with one warning."""
+        if folder not in self._unreadable:
+            bad = {p: why for p in paths if (why := unreadable_reason(p)) is not None}
+            self._unreadable[folder] = bad
+            if bad:
+                from lightning.pytorch.utilities import rank_zero_warn
+                listed = [f"{os.path.relpath(p, folder)} ({why})" for p, why in list(bad.items())[:10]]
+                more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+                rank_zero_warn(f"imagefolder {folder}: skipping {len(bad)} unreadable image file(s) of "
+                               f"{len(paths)}: {', '.join(listed)}{more}")
+        return self._unreadable[folder]
 
     def _measure_folder_stats(self, limit: int = 2000):
         from torchvision import transforms

@@ -138,3 +138,22 @@ def test_imagefolder_test_class_unknown_to_training_is_refused(image_folder):
     with pytest.raises(DataError, match=r"test: class folder\(s\) zebra are not training classes \(train has "
                                         r"ant, bee, cow\)"):
         dm.setup("test")
+
+
+def test_unreadable_images_skipped_with_one_warning(image_folder):
+    """A zero-byte or truncated JPEG ended the run mid-epoch with an OSError naming no file."""
+    ant = image_folder / "train" / "ant"
+    (ant / "empty.jpg").write_bytes(b"")
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(ant / "whole.jpg", quality=90)
+    data = (ant / "whole.jpg").read_bytes()
+    (ant / "cut.jpg").write_bytes(data[: len(data) // 2])
+    (ant / "tail.jpg").write_bytes(data + b"trailing bytes")  # after the end marker: still a good image
+    dm = ImageDataModule("imagefolder", root=str(image_folder), batch_size=4, num_workers=0, img_size=16)
+    with pytest.warns(UserWarning, match=r"train: skipping 2 unreadable image file\(s\) of 16: ant/cut.jpg \(OSError"
+                                         r".*\), ant/empty.jpg \(empty file\)$") as w:
+        dm.setup("fit")
+    assert sum("unreadable" in str(m.message) for m in w) == 1  # one warning, also with mean/std measured
+    names = sorted(p.rsplit("/", 1)[1] for p, _ in dm.train_set.samples if "/ant/" in p)
+    assert names == ["0.png", "1.png", "2.png", "3.png", "tail.jpg", "whole.jpg"]
+    assert len(dm.train_set.targets) == 14
+    assert sum(len(y) for _, y in dm.train_dataloader()) == 12  # every batch loads (drop_last)
