@@ -56,6 +56,14 @@ def _cli_class():
             if before is not None:
                 check_ckpt_contradictions(before, self.config[sub]["model"], self.config[sub].get("ckpt_path"))
 
+        def after_instantiate_classes(self):
+            # Found here, before any step: these would otherwise surface as tracebacks from deep inside the
+            # first forward (patch size assertion) or the checkpoint load (size mismatch for model.head).
+            sub = self.config.get("subcommand")
+            check_input_size(self.model, self.datamodule)
+            if sub and self.config[sub].get("ckpt_path"):
+                check_ckpt_classes(self.config[sub]["ckpt_path"], self.datamodule)
+
         def instantiate_trainer(self, **kwargs):
             # Rich progress bar by default, unless the config turns bars off or brings its own.
             cfg = self._get(self.config_init, "trainer", default={})
@@ -122,6 +130,56 @@ def check_ckpt_contradictions(given, from_ckpt, ckpt_path) -> None:
         raise ConfigError(f"{'; '.join(problems)} ({ckpt_path}). With --ckpt_path the model is the checkpoint's: "
                           "drop those --model options (or the config lines setting them), or give a checkpoint "
                           "trained with them")
+
+
+def check_input_size(module, datamodule) -> None:
+    """ConfigError when the model has a fixed input size (a strict patch embedding) and the data's differs."""
+    from timm.layers import PatchEmbed
+
+    from .module import ConfigError
+
+    size = getattr(getattr(datamodule, "hparams", None), "img_size", None)
+    embed = next((m for m in module.modules() if isinstance(m, PatchEmbed)), None)
+    if size is None or embed is None or not embed.strict_img_size or embed.img_size is None:
+        return
+    if tuple(embed.img_size) != (size, size):
+        h, w = embed.img_size
+        name = getattr(getattr(module, "hparams", None), "model", type(module).__name__)
+        raise ConfigError(f"--data.img_size {size} but {name} takes {h}x{w} images only (fixed input size): set "
+                          f"--data.img_size {h}, or build it for {size}x{size} with --model.model_kwargs.img_size {size}")
+
+
+def check_ckpt_classes(ckpt_path, datamodule) -> None:
+    """ConfigError when a checkpoint was trained on other classes than the data has."""
+    import torch
+
+    from .module import ConfigError
+
+    names = getattr(datamodule, "class_names", None)
+    if not names:
+        return
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return  # Lightning's own load reports an unreadable file
+    record = ckpt.get("kanvision") or {}
+    n = record.get("num_classes") or (ckpt.get("hyper_parameters") or {}).get("num_classes")
+    trained = record.get("class_names")
+    if n is not None and n != len(names):
+        seen = f" ({_short(trained)})" if trained else ""
+        raise ConfigError(f"{ckpt_path} was trained on {n} classes{seen} but the data has {len(names)} "
+                          f"({_short(names)}): give the data it was trained on (--data.dataset / --data.root), "
+                          "or fine-tune from its weights instead of --ckpt_path")
+    placeholder = list(names) == [str(i) for i in range(len(names))]  # CIFAR-100 names before its download
+    if trained and not placeholder and list(trained) != list(names):
+        diff = [f"{i}: {a} vs {b}" for i, (a, b) in enumerate(zip(trained, names)) if a != b]
+        raise ConfigError(f"{ckpt_path} was trained on other classes than the data has (index: checkpoint vs "
+                          f"data: {_short(diff)}): give the data it was trained on (--data.dataset / --data.root)")
+
+
+def _short(items, n: int = 4) -> str:
+    items = list(items)
+    return ", ".join(map(str, items[:n])) + (f", ... ({len(items)} in all)" if len(items) > n else "")
 
 
 def default_loggers(root: str, name: str) -> list:

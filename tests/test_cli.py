@@ -198,13 +198,20 @@ def test_runs_of_the_same_name_get_their_own_directory(tmp_path):
     assert sorted(got) == list(range(8))
 
 
-def test_model_flags_contradicting_the_checkpoint_are_refused(tmp_path):
-    """--ckpt_path loads the checkpoint's hyper-parameters over the model's: a contradicting flag ran the
-    checkpoint's model (bspline) with exit 0 instead of the asked rswaf."""
+@pytest.fixture(scope="module")
+def bspline_ckpt(tmp_path_factory):
+    """A B-spline Mixer checkpoint trained one step on 10 synthetic classes, and its config."""
+    tmp_path = tmp_path_factory.mktemp("ckpt")
     cfg = write_config(tmp_path)
     main(["fit", "--config", cfg, f"--trainer.default_root_dir={tmp_path}", "--name=b",
           "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"])
-    last = run_dir(tmp_path, "b") / "checkpoints" / "last.ckpt"
+    return run_dir(tmp_path, "b") / "checkpoints" / "last.ckpt", cfg
+
+
+def test_model_flags_contradicting_the_checkpoint_are_refused(tmp_path, bspline_ckpt):
+    """--ckpt_path loads the checkpoint's hyper-parameters over the model's: a contradicting flag ran the
+    checkpoint's model (bspline) with exit 0 instead of the asked rswaf."""
+    last, cfg = bspline_ckpt
     with pytest.raises(SystemExit) as e:
         main(["test", "--config", cfg, f"--trainer.default_root_dir={tmp_path}", "--model.kan=rswaf",
               "--model.grid_update_every=7", f"--ckpt_path={last}"])
@@ -212,3 +219,33 @@ def test_model_flags_contradicting_the_checkpoint_are_refused(tmp_path):
     assert msg.startswith("kanvision: error: --model.kan 'rswaf' but the checkpoint has kan='bspline'; "
                           "--model.grid_update_every 7 but the checkpoint has grid_update_every=0 ("), msg
     assert "drop those --model options" in msg and "\n" not in msg
+
+
+def test_checkpoint_with_other_classes_than_the_data_is_one_line(tmp_path, bspline_ckpt):
+    """Was a traceback: size mismatch for model.head (count), or a silent remap (same count, other names)."""
+    last, cfg = bspline_ckpt
+    with pytest.raises(SystemExit) as e:
+        main(["test", "--config", cfg, f"--trainer.default_root_dir={tmp_path}", "--data.synthetic_classes=3",
+              f"--ckpt_path={last}"])
+    assert re.fullmatch(r"kanvision: error: \S+last\.ckpt was trained on 10 classes \(class_0, class_1, class_2, "
+                        r"class_3, \.\.\. \(10 in all\)\) but the data has 3 \(class_0, class_1, class_2\): give the "
+                        r"data it was trained on .*", str(e.value.code)), e.value.code
+    from kanvision.data import ImageDataModule
+    from kanvision.cli import check_ckpt_classes
+    from kanvision.module import ConfigError
+    renamed = ImageDataModule("synthetic")  # 10 classes, as trained, under other names
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ImageDataModule, "class_names", property(lambda self: [f"c{i}" for i in range(10)]))
+        with pytest.raises(ConfigError, match=r"trained on other classes than the data has \(index: checkpoint vs "
+                                              r"data: 0: class_0 vs c0, 1: class_1 vs c1"):
+            check_ckpt_classes(last, renamed)
+
+
+def test_image_size_of_a_fixed_input_model_is_one_line(tmp_path):
+    """Was an AssertionError traceback from the patch embedding in the sanity check."""
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--config", write_config(tmp_path), f"--trainer.default_root_dir={tmp_path}",
+              "--data.img_size=64"])
+    assert str(e.value.code) == ("kanvision: error: --data.img_size 64 but kan_mixer_tiny_p4_32 takes 32x32 images "
+                                 "only (fixed input size): set --data.img_size 32, or build it for 64x64 with "
+                                 "--model.model_kwargs.img_size 64")
