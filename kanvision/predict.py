@@ -36,6 +36,8 @@ def load_image(path: str | Path, model: nn.Module) -> torch.Tensor:
 @torch.inference_mode()
 def predict_images(model: nn.Module, paths: list[str], topk: int = 5, batch_size: int = 64):
     """([{"image", "top": [{"class", "index", "prob"}...]}...], [(path, error message)...])."""
+    if topk < 1:
+        raise ValueError(f"topk must be >= 1, got {topk}")
     names = getattr(model, "class_names", None) or model.pretrained_cfg.get("label_names")
     device = next(model.parameters()).device
     k = min(topk, model.pretrained_cfg.get("num_classes") or topk)
@@ -80,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="e.g. cuda, cpu (default: cuda if available)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
+    if args.topk < 1:  # 0 printed image names without classes and exited 0; -1 was a traceback
+        print(f"kanvision predict: error: --topk must be 1 or more (the number of classes to list), got {args.topk}",
+              file=sys.stderr)
+        raise SystemExit(2)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         model = load_pretrained(args.checkpoint, device=device)

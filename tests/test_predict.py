@@ -83,3 +83,16 @@ def test_bad_checkpoint_one_line(tmp_path, capsys):
     assert e.value.code == 1
     err = capsys.readouterr().err.strip()
     assert "x.ckpt: not a readable PyTorch checkpoint" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("topk", ["0", "-1"])
+def test_topk_below_one_is_one_line(ckpt, capsys, topk):
+    _, root = ckpt
+    with pytest.raises(SystemExit) as e:
+        main([str(root / "exp"), str(root / "red.png"), "--topk", topk])
+    assert e.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"kanvision predict: error: --topk must be 1 or more (the number of classes to list), got {topk}\n"
+    assert captured.out == ""
+    with pytest.raises(ValueError, match="topk must be >= 1"):
+        predict_images(C.load_pretrained(root / "exp"), [str(root / "red.png")], topk=int(topk))
