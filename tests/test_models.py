@@ -207,3 +207,19 @@ def test_params_command(capsys):
     assert "| kan_deit_tiny_patch16_224 | none | 5,543,716 | 0 |" in out
     with pytest.raises(SystemExit):
         params_main(["kan_nothing*"])
+
+
+def test_counts_must_be_whole_numbers():
+    """grid_size 3.7 built a grid of 3 and kan_hidden 3.7 a width of 3, without a word."""
+    for kwargs, what in [(dict(kan_hidden=3.7), "kan_hidden"), (dict(kan_kwargs=dict(grid_size=3.7)), "kan_kwargs grid_size"),
+                         (dict(kan_kwargs=dict(spline_order="2")), "kan_kwargs spline_order")]:
+        with pytest.raises(ValueError, match=f"^{what} must be a whole number, got"):
+            timm.create_model("kan_mixer_tiny_p4_32", kan="bspline", **kwargs)
+    with pytest.raises(ValueError, match="kan_kwargs num_grids must be a whole number, got 7.5"):
+        timm.create_model("kan_mixer_tiny_p4_32", kan="rswaf", kan_kwargs=dict(num_grids=7.5))
+    fc1 = meta_model("kan_mixer_tiny_p4_32", kan="bspline", kan_hidden=32.0,
+                     kan_kwargs=dict(grid_size=3.0)).blocks[0].mlp_channels.fc1
+    assert fc1.out_features == 32 and fc1.grid_size == 3 and fc1.spline_weight.shape[-1] == 3 + 3
+    from kanvision.module import ConfigError, ImageClassifier
+    with pytest.raises(ConfigError, match="kan_kwargs grid_size must be a whole number, got 3.7"):
+        ImageClassifier(kan="bspline", kan_kwargs={"grid_size": 3.7}, model_kwargs={"num_blocks": 1})

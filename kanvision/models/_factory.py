@@ -60,6 +60,17 @@ def with_hidden(layer: Callable[..., nn.Module], hidden: int | None) -> Callable
     return build
 
 
+# Layer keywords that count something: the layers would truncate 3.7 to 3 without a word.
+INTEGER_KAN_KWARGS = frozenset({"grid_size", "spline_order", "num_grids"})
+
+
+def _whole(value, what: str) -> int:
+    """value as an int when it is a whole number (3 or 3.0), else ValueError naming `what`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+        raise ValueError(f"{what} must be a whole number, got {value!r}")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class KanSpec:
     """What replaces a channel MLP: kind ("none" | "bspline" | "rswaf"), hidden width, layer keywords."""
@@ -72,7 +83,7 @@ class KanSpec:
     @classmethod
     def from_args(cls, kan=None, kan_hidden=None, kan_kwargs=None, match_params=None) -> "KanSpec":
         kind = normalize_kan_kind(kan)
-        if kan_hidden is not None and int(kan_hidden) < 1:
+        if kan_hidden is not None and (_whole(kan_hidden, "kan_hidden") or 0) < 1:
             raise ValueError(f"kan_hidden must be a positive integer, got {kan_hidden!r}")
         if kan_kwargs is not None and not isinstance(kan_kwargs, Mapping):
             raise ValueError(f"kan_kwargs must be a dict of KAN layer keywords, got {type(kan_kwargs).__name__}")
@@ -88,6 +99,8 @@ class KanSpec:
             raise ValueError("kan_hidden / kan_kwargs configure KAN layers: set kan='bspline' or 'rswaf' "
                              "(or match_params=... for a size-matched MLP)")
         kwargs = dict(kan_kwargs or {})
+        for key in INTEGER_KAN_KWARGS & kwargs.keys():
+            kwargs[key] = _whole(kwargs[key], f"kan_kwargs {key}")
         if "base_activation" in kwargs:
             kwargs["base_activation"] = _activation(kwargs["base_activation"])
         return cls(kind, None if kan_hidden is None else int(kan_hidden), kwargs, match_params)
