@@ -213,9 +213,12 @@ def lightning_main(args: list[str]) -> None:
     from .module import ConfigError, ImageClassifier
     from .runs import DivergedError
 
+    # From the shell args is sys.argv[1:]: LightningCLI then reads sys.argv itself, since given both it warns
+    # (printing the whole command line twice) on every command, --help included.
+    cli_args = None if list(args) == sys.argv[1:] else args
     try:
         cli = _cli_class()(
-            ImageClassifier, ImageDataModule, args=args, trainer_defaults={"max_epochs": 10},
+            ImageClassifier, ImageDataModule, args=cli_args, trainer_defaults={"max_epochs": 10},
             save_config_kwargs={"overwrite": True}, seed_everything_default=0,
             parser_kwargs={"description": "kanvision training (LightningCLI); see configs/ and the README"},
         )

@@ -249,3 +249,13 @@ def test_image_size_of_a_fixed_input_model_is_one_line(tmp_path):
     assert str(e.value.code) == ("kanvision: error: --data.img_size 64 but kan_mixer_tiny_p4_32 takes 32x32 images "
                                  "only (fixed input size): set --data.img_size 32, or build it for 64x64 with "
                                  "--model.model_kwargs.img_size 64")
+
+
+def test_shell_command_does_not_warn_about_args_and_argv(monkeypatch, capsys, recwarn):
+    """`kanvision fit --help` printed LightningCLI's 'args and sys.argv' warning with the argv twice."""
+    import sys
+    monkeypatch.setattr(sys, "argv", ["kanvision", "fit", "--help"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code in (0, None) and "--model.kan" in capsys.readouterr().out
+    assert not [w for w in recwarn if "args parameter" in str(w.message)], [str(w.message) for w in recwarn]
