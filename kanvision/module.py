@@ -72,7 +72,12 @@ class ImageClassifier(L.LightningModule):
         """
         Args:
             model: a registered timm name (`timm.list_models("kan_*")` for the zoo).
-            kan / kan_hidden / kan_kwargs: the zoo's factory options (None for plain timm models).
+            kan: what replaces the zoo model's channel MLPs: none (timm's MLP) | bspline | rswaf (None: none;
+                leave None for plain timm models).
+            kan_hidden: hidden width of each KAN MLP, a whole number (None: the zoo model's default: its
+                embedding width for DeiT/Mixer, a single KAN layer for ConvMixer).
+            kan_kwargs: KAN layer keywords, e.g. {grid_size: 5, spline_order: 3} (bspline) or {num_grids: 8}
+                (rswaf).
             model_kwargs: any other keywords for timm.create_model (e.g. img_size, depth).
             num_classes: linked from the data by the CLI.
             mixup_alpha / cutmix_alpha: timm Mixup/CutMix (soft-target cross-entropy); 0 disables.

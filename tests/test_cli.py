@@ -259,3 +259,12 @@ def test_shell_command_does_not_warn_about_args_and_argv(monkeypatch, capsys, re
         main()
     assert e.value.code in (0, None) and "--model.kan" in capsys.readouterr().out
     assert not [w for w in recwarn if "args parameter" in str(w.message)], [str(w.message) for w in recwarn]
+
+
+def test_kan_options_have_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--model.kan KAN what replaces the zoo model's channel MLPs: none (timm's MLP) | bspline | rswaf" in out
+    assert "--model.kan_hidden KAN_HIDDEN hidden width of each KAN MLP, a whole number" in out
+    assert "--model.kan_kwargs KAN_KWARGS KAN layer keywords, e.g. {grid_size: 5, spline_order: 3}" in out
