@@ -315,6 +315,12 @@ def _atomic_write(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading it means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
 def export(run_or_ckpt: str | os.PathLike, out: str | os.PathLike, force: bool = False) -> dict[str, Any]:
     """Write out/model.safetensors + out/config.json from a kanvision .ckpt or run dir; return the config."""
     from safetensors.torch import save_file
@@ -338,6 +344,9 @@ def export(run_or_ckpt: str | os.PathLike, out: str | os.PathLike, force: bool =
     tmp_weights = out / f".{WEIGHTS_NAME}.new-{os.getpid()}"
     try:
         save_file(tensors, str(tmp_weights), metadata={"format": "pt"})
+        # safetensors creates the file 0600 whatever the umask: an export is meant to be shared, so it gets
+        # the mode of any other new file (0644 under the usual umask 022).
+        os.chmod(tmp_weights, 0o666 & ~_umask())
         sha = sha256_file(tmp_weights)
         if (weights.exists() or (out / CONFIG_NAME).exists()) and not force:
             old = sha256_file(weights) if weights.exists() else None

@@ -309,3 +309,17 @@ def test_non_finite_weights_are_refused(tmp_path, capsys):
     save_file(tensors, str(tmp_path / "old" / "model.safetensors"))
     with pytest.raises(CheckpointError, match=r"old: 1 weight tensor\(s\) hold NaN/inf values"):
         C.load_pretrained(tmp_path / "old", verify_hash=False)
+
+
+def test_export_files_are_readable_by_others(tmp_path):
+    """safetensors wrote model.safetensors 0600: a shared export could not be read by anyone else."""
+    import os
+    import stat
+    make_ckpt(tmp_path / "run.ckpt")
+    old = os.umask(0o022)
+    try:
+        C.export(tmp_path / "run.ckpt", tmp_path / "exp")
+    finally:
+        os.umask(old)
+    for name in ("model.safetensors", "config.json"):
+        assert stat.S_IMODE((tmp_path / "exp" / name).stat().st_mode) == 0o644, name
