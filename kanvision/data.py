@@ -266,10 +266,19 @@ class ImageDataModule(L.LightningDataModule):
             raise self._missing_cifar("download is off (--data.download false)")
         from torchvision import datasets
         cls = getattr(datasets, CIFAR[self.dataset][0])
+        created = [p for p in (self.root, *self.root.parents) if not p.exists()]  # deepest first
         try:
             for train in (True, False):
                 cls(str(self.root), train=train, download=True)
         except Exception as e:  # no network, proxy, disk: all mean the same to the user
+            # A failed download left an empty ./data (or a partial archive) behind: remove what it created.
+            if created:
+                (self.root / CIFAR[self.dataset][2]).unlink(missing_ok=True)
+                for d in created:
+                    try:
+                        d.rmdir()
+                    except OSError:  # not empty (or not ours after all): keep it
+                        break
             raise self._missing_cifar(f"the download failed ({type(e).__name__}: {str(e)[:120]})") from None
 
     # ------------------------------------------------------------------------------------ datasets

@@ -157,3 +157,26 @@ def test_unreadable_images_skipped_with_one_warning(image_folder):
     assert names == ["0.png", "1.png", "2.png", "3.png", "tail.jpg", "whole.jpg"]
     assert len(dm.train_set.targets) == 14
     assert sum(len(y) for _, y in dm.train_dataloader()) == 12  # every batch loads (drop_last)
+
+
+def test_failed_download_leaves_no_empty_data_dir(tmp_path, monkeypatch):
+    """`kanvision fit` without network left an empty ./data (and any partial archive) behind."""
+    import urllib.error
+    from pathlib import Path
+
+    from torchvision import datasets
+
+    def offline(root, train=True, download=False, **kw):
+        Path(root).mkdir(parents=True, exist_ok=True)
+        (Path(root) / "cifar-10-python.tar.gz").write_bytes(b"partial")
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(datasets, "CIFAR10", offline)
+    dm = ImageDataModule("cifar10", root=str(tmp_path / "new" / "data"))
+    with pytest.raises(DataError, match="the download failed \\(URLError"):
+        dm.prepare_data()
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "mine").mkdir()  # a directory that was there before is left as it is
+    with pytest.raises(DataError, match="the download failed"):
+        ImageDataModule("cifar10", root=str(tmp_path / "mine")).prepare_data()
+    assert (tmp_path / "mine").is_dir()
