@@ -5,9 +5,10 @@ run from one that diverged, failed or is still going:
 
     {"status": "running" | "finished" | "diverged" | "failed" | "interrupted", ...}
 
-"diverged" adds `step` (the optimizer step whose loss was not finite), `epoch`, `loss` ("nan", "inf" or
-"-inf"), `last_finite_loss` (null when no step was finite) and `lr` (the learning rate of that step);
-"failed" adds `error` (the exception's type and first line). The file is replaced atomically.
+"diverged" adds `step` (the optimizer step whose loss was not finite), `epoch`, `loss` ("nan", "inf",
+"-inf", or "non-finite on another rank" under DDP), `last_finite_loss` (null when no step was finite)
+and `lr` (the learning rate of that step); "failed" adds `error` (the exception's type and first line).
+The file is replaced atomically.
 """
 from __future__ import annotations
 
@@ -78,13 +79,16 @@ class RunStatus(L.Callback):
         self.last_finite: float | None = None
         self._step = self._lr = None
 
-    def _dir(self, trainer) -> str:
-        return trainer.log_dir or trainer.default_root_dir  # a collective under DDP: every rank asks
+    def _dir(self, trainer) -> str | None:
+        run_dir = trainer.log_dir  # a collective under DDP: every rank asks
+        # Without a logger, or under fast_dev_run (a dummy logger), there is no run directory to mark.
+        return run_dir if trainer.loggers and not trainer.fast_dev_run else None
 
-    def _write(self, trainer, **record) -> None:
+    def _write(self, trainer, **record) -> str | None:
         run_dir = self._dir(trainer)
-        if trainer.is_global_zero and trainer.loggers:  # without a logger there is no run directory
+        if trainer.is_global_zero and run_dir:
             write_status(run_dir, **record)
+        return run_dir
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._write(trainer, status="running")
@@ -105,13 +109,13 @@ class RunStatus(L.Callback):
         record = dict(status="diverged", step=self._step, epoch=trainer.current_epoch,
                       loss=_loss_text(value) if not math.isfinite(value) else "non-finite on another rank",
                       last_finite_loss=self.last_finite, lr=self._lr)
-        self._write(trainer, **record)
+        run_dir = self._write(trainer, **record)
+        where = f"the run is marked diverged in {Path(run_dir) / STATUS_NAME}" if run_dir else "no run directory"
         last = f"{self.last_finite:.4g}" if self.last_finite is not None else "none (the first step)"
         lr = f"{self._lr:.3g}" if self._lr is not None else "unknown"
         raise DivergedError(
             f"training diverged: loss {record['loss']} at step {self._step} (epoch {trainer.current_epoch}), "
-            f"last finite loss {last}, lr {lr}; the run is marked diverged in "
-            f"{Path(self._dir(trainer)) / STATUS_NAME}. Lower the learning rate "
+            f"last finite loss {last}, lr {lr}; {where}. Lower the learning rate "
             "(--model.optimizer.init_args.lr) or clip gradients (--trainer.gradient_clip_val 1)")
 
     def on_fit_end(self, trainer, pl_module) -> None:
@@ -119,11 +123,13 @@ class RunStatus(L.Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if (isinstance(exception, DivergedError) or trainer.state.fn != "fit" or not trainer.is_global_zero
-                or not trainer.loggers):
+                or not trainer.loggers or trainer.fast_dev_run):
             return
         # Not trainer.log_dir: a collective, and other ranks may not be here.
         logger = trainer.loggers[0]
         run_dir = getattr(logger, "log_dir", None) or logger.save_dir
+        if not run_dir:
+            return
         if isinstance(exception, KeyboardInterrupt):
             write_status(run_dir, status="interrupted", step=trainer.global_step, epoch=trainer.current_epoch)
         else:

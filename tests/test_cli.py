@@ -164,11 +164,25 @@ def test_diverging_run_stops_and_is_marked(tmp_path):
     assert status["last_finite_loss"] is None or math.isfinite(status["last_finite_loss"])
 
 
-def test_finished_run_is_marked(tmp_path):
+class FailAtSecondStep(L.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == 1:
+            raise RuntimeError("disk full\nsecond line")
+
+
+def test_run_status_finished_failed_and_none_for_fast_dev_run(tmp_path):
     import json
-    main(["fit", "--config", write_config(tmp_path), f"--trainer.default_root_dir={tmp_path}", "--name=ok",
-          "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"])
+    cfg = write_config(tmp_path)
+    quick = ["--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
+    main(["fit", "--config", cfg, f"--trainer.default_root_dir={tmp_path}", "--name=ok", *quick])
     assert json.loads((run_dir(tmp_path, "ok") / "status.json").read_text()) == {"status": "finished"}
+    with pytest.raises(RuntimeError, match="disk full"):
+        main(["fit", "--config", cfg, f"--trainer.default_root_dir={tmp_path}", "--name=bad", *quick,
+              "--trainer.callbacks+=test_cli.FailAtSecondStep"])
+    assert json.loads((run_dir(tmp_path, "bad") / "status.json").read_text()) == {
+        "status": "failed", "step": 1, "epoch": 0, "error": "RuntimeError: disk full"}
+    main(["fit", "--config", cfg, f"--trainer.default_root_dir={tmp_path / 'dev'}", "--trainer.fast_dev_run=1"])
+    assert not list((tmp_path / "dev").rglob("status.json"))  # no run directory to mark
 
 
 def test_runs_of_the_same_name_get_their_own_directory(tmp_path):
