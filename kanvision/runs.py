@@ -113,10 +113,11 @@ class RunStatus(L.Callback):
         where = f"the run is marked diverged in {Path(run_dir) / STATUS_NAME}" if run_dir else "no run directory"
         last = f"{self.last_finite:.4g}" if self.last_finite is not None else "none (the first step)"
         lr = f"{self._lr:.3g}" if self._lr is not None else "unknown"
+        clip = "" if trainer.gradient_clip_val else " or clip gradients (--trainer.gradient_clip_val 1)"
         raise DivergedError(
             f"training diverged: loss {record['loss']} at step {self._step} (epoch {trainer.current_epoch}), "
             f"last finite loss {last}, lr {lr}; {where}. Lower the learning rate "
-            "(--model.optimizer.init_args.lr) or clip gradients (--trainer.gradient_clip_val 1)")
+            f"(--model.optimizer.init_args.lr){clip}")
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self._write(trainer, status="finished")

@@ -153,11 +153,13 @@ def test_diverging_run_stops_and_is_marked(tmp_path):
     cfg = write_config(tmp_path, trainer__max_epochs=4)
     with pytest.raises(SystemExit) as e:
         main(["fit", "--config", cfg, f"--trainer.default_root_dir={tmp_path}", "--name=div",
-              "--model.optimizer=torch.optim.SGD", "--model.optimizer.init_args.lr=1e4", "--model.lr_scheduler=null"])
+              "--model.optimizer=torch.optim.SGD", "--model.optimizer.init_args.lr=1e4", "--model.lr_scheduler=null",
+              "--trainer.gradient_clip_val=1"])
     msg = str(e.value.code)
+    # Clipping is on, so the advice is the learning rate alone.
     assert re.fullmatch(r"kanvision: error: training diverged: loss (nan|inf|-inf) at step \d+ \(epoch \d\), last finite "
-                        r"loss \S+, lr 1e\+04; the run is marked diverged in .*status\.json\. Lower the learning rate.*",
-                        msg), msg
+                        r"loss \S+, lr 1e\+04; the run is marked diverged in .*status\.json\. Lower the learning rate "
+                        r"\(--model\.optimizer\.init_args\.lr\)", msg), msg
     status = json.loads((run_dir(tmp_path, "div") / "status.json").read_text())
     assert status["status"] == "diverged" and status["lr"] == 1e4 and status["loss"] in ("nan", "inf", "-inf")
     assert f"at step {status['step']} " in msg
