@@ -195,8 +195,11 @@ def default_loggers(root: str, name: str) -> list:
     if rank_zero_only.rank == 0:
         # Created here, atomically: the loggers would each scan for the next free version_N when they first
         # write, and two runs of the same name started together would both take the same one.
+        from pathlib import Path
+        base_existed = (Path(root) / name).exists()
         version = allocate_version(root, name)
         os.environ[RUN_VERSION_ENV] = str(version)  # DDP ranks started after this (same job) inherit it
+        _ALLOCATED.append((Path(root) / name / f"version_{version}", base_existed))
     else:
         # Other ranks write no logs (Lightning broadcasts rank 0's directory); take its number, create nothing.
         version = int(os.environ.get(RUN_VERSION_ENV, "0"))
@@ -205,6 +208,20 @@ def default_loggers(root: str, name: str) -> list:
 
 
 RUN_VERSION_ENV = "KANVISION_RUN_VERSION"
+_ALLOCATED: list = []  # (run directory, whether <root>/<name> was there before), for _drop_empty_run_dirs
+
+
+def _drop_empty_run_dirs() -> None:
+    """A command stopped by a check before it ran (bad --data.img_size...) leaves no empty version_N behind:
+    the directory is made when the loggers are built, before those checks."""
+    while _ALLOCATED:
+        run, base_existed = _ALLOCATED.pop()
+        try:
+            run.rmdir()  # only if empty
+            if not base_existed:
+                run.parent.rmdir()
+        except OSError:
+            pass
 
 
 def lightning_main(args: list[str]) -> None:
@@ -224,6 +241,8 @@ def lightning_main(args: list[str]) -> None:
         )
     except (DataError, ConfigError, DivergedError) as e:  # user input, not a bug: one line, no traceback
         raise SystemExit(f"kanvision: error: {e}") from None
+    finally:
+        _drop_empty_run_dirs()
     _close_process_group()
     return cli
 

@@ -265,6 +265,7 @@ def test_image_size_of_a_fixed_input_model_is_one_line(tmp_path):
     assert str(e.value.code) == ("kanvision: error: --data.img_size 64 but kan_mixer_tiny_p4_32 takes 32x32 images "
                                  "only (fixed input size): set --data.img_size 32, or build it for 64x64 with "
                                  "--model.model_kwargs.img_size 64")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.yaml"]  # no empty run directory left behind
 
 
 def test_shell_command_does_not_warn_about_args_and_argv(monkeypatch, capsys, recwarn):
