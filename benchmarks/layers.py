@@ -157,7 +157,8 @@ def main(argv=None) -> int:
         f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; {where}; torch {torch.__version__}; "
         f"Python {platform.python_version()}",
         f"- timing: median of {args.runs} runs after {args.warmup} warm-up runs (plus one untimed first call that "
-        "absorbs torch.compile), each timed between synchronizations of the device; forward under "
+        "absorbs torch.compile), each timed between synchronizations of the device; floors: the faster of two such "
+        "measurements; forward under "
         "torch.no_grad; forward+backward = forward, backward of a fixed random cotangent with the input requiring "
         "grad",
         "- memory: training-step extra = bytes of the distinct tensors saved for backward (via "
@@ -182,6 +183,11 @@ def main(argv=None) -> int:
                 continue
             try:
                 r = bench_row(build, n, width, o, args.runs, args.warmup, device)
+                if label.startswith("floor"):
+                    # The floor is a lower bound: keep the faster of two measurements (the first matmul-heavy
+                    # row of a fresh process has measured up to 2.4x slow here, flattering every ratio).
+                    again = bench_row(build, n, width, o, args.runs, args.warmup, device)
+                    r = min(r, again, key=lambda v: v["step"])
             except Exception as e:  # noqa: BLE001 - a peer that cannot run here is reported, not fatal
                 traceback.print_exc(file=sys.stderr)
                 row = f"| {n}, {i}->{o} | {label} | failed: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''} | | | | |"

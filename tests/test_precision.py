@@ -67,7 +67,7 @@ def test_low_precision_features_are_the_float32_features_rounded_once(uniform):
     spec = bspline_local.SplineSpec(grid, 3, uniform)
     want = torch.cat([torch.nn.functional.silu(x.float()).unsqueeze(-1), b_spline_basis(x.float(), grid, 3)], -1)
     eager = bspline_local.features_eager(x, spec, None, "silu", torch.bfloat16)
-    dense = bspline_dense.dense_features(x, *spec.dense, 3, uniform, "silu", torch.bfloat16)
+    dense = bspline_dense.dense_features(x, *spec.dense, 3, uniform, "silu", torch.bfloat16).transpose(1, 2)
     for got in (eager, dense):
         assert got.dtype == torch.bfloat16
         # Within half a bf16 unit in the last place (2^-8 relative) of the exact value: one rounding.

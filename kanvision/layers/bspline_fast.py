@@ -1,6 +1,6 @@
 """Fast B-spline KAN: both branches through one matrix product, no dense basis kept for backward.
 
-    y = [act(x), B(x)] @ [W_b ; s * c]^T   on a (N, in, 1 + G + k) feature tensor
+    y = [act(x), B(x)] @ [W_b ; s * c]^T   on a (N, 1 + G + k, in) (or (N, in, 1 + G + k)) feature tensor
 
 that lives only for that product: backward saves x and the weights and rebuilds it. Which kernel builds it:
 - inside `torch.compile(model)`, `torch.export` or on the meta device: the dense kernels (bspline_dense.py)
@@ -50,38 +50,55 @@ def _traced() -> bool:
     return torch.compiler.is_compiling()
 
 
+def _dynamic_dims(uniform: bool) -> tuple[int, ...]:
+    # Batch always symbolic (last batch, validation); the general-knot kernel also ran as fast with a symbolic
+    # width, so one graph serves every layer width, while uniform kernels are generated per width.
+    return (0,) if uniform else (0, 1)
+
+
+def _width(x, uniform: bool):
+    return x.size(1) if uniform else "any"
+
+
 def features(x, ta, tb, order: int, uniform: bool, act: str, compile: bool | None, spec, module: nn.Module | None,
-             out_dtype: torch.dtype) -> torch.Tensor:
-    """[act(x), B(x)] (N, in, 1 + G + k) in out_dtype. Outside a trace it lives in the scratch buffer (valid
-    until the next kernel call): consume it before returning, never save it."""
+             out_dtype: torch.dtype) -> tuple[torch.Tensor, bool]:
+    """([act(x), B(x)] in out_dtype, slot_major): (N, 1 + G + k, in) from the dense kernels (slot_major True),
+    (N, in, 1 + G + k) from the eager ones. Outside a trace it lives in the scratch buffer (valid until the
+    next kernel call): consume it before returning, never save it."""
     if _traced() or x.device.type == "meta" or spec is None:
-        return dense_features(x, ta, tb, order, uniform, act, out_dtype)
+        return dense_features(x, ta, tb, order, uniform, act, out_dtype), True
     if act != "module" and use_compiled(compile, x.device):
-        out = scratch((x.size(0), x.size(1), ta.size(-1)), out_dtype, x.device)  # tables are (.., in, 1 + nb)
-        variant = ("features", order, uniform, act, x.dtype, out_dtype, x.device.type, torch.is_inference_mode_enabled())
-        y = run_compiled(dense_features, variant, (x, ta, tb, order, uniform, act, out_dtype), {"out": out}, x)
+        out = scratch((x.size(0), ta.size(-2), x.size(1)), out_dtype, x.device)
+        variant = ("features", _width(x, uniform), order, uniform, act, x.dtype, out_dtype, x.device.type,
+                   torch.is_inference_mode_enabled())
+        y = run_compiled(dense_features, variant, (x, ta, tb, order, uniform, act, out_dtype), {"out": out}, x,
+                         _dynamic_dims(uniform))
         if y is not None:
-            return y
-    return features_eager(x, spec, module, act, out_dtype)
+            return y, True
+    return features_eager(x, spec, module, act, out_dtype), False
 
 
-def input_grad(x, gfeat, ta, tb, order: int, uniform: bool, act: str, compile: bool | None, spec,
-               module: nn.Module | None) -> torch.Tensor:
-    """dL/dx from the feature gradient gfeat (N, in, 1 + G + k), which may be overwritten."""
-    if _traced() or x.device.type == "meta" or spec is None:
+def input_grad(x, gfeat, slot_major: bool, ta, tb, order: int, uniform: bool, act: str, compile: bool | None,
+               spec, module: nn.Module | None) -> torch.Tensor:
+    """dL/dx from the feature gradient gfeat (in the layout `features` gave), which may be overwritten."""
+    if slot_major and (_traced() or x.device.type == "meta" or spec is None):
         return dense_input_grad(x, gfeat, ta, tb, order, uniform, act)
-    if act != "module" and use_compiled(compile, x.device):
-        variant = ("input_grad", order, uniform, act, x.dtype, gfeat.dtype, x.device.type)
-        gx = run_compiled(dense_input_grad, variant, (x, gfeat, ta, tb, order, uniform, act), None, x)
+    if slot_major:
+        variant = ("input_grad", _width(x, uniform), order, uniform, act, x.dtype, gfeat.dtype, x.device.type)
+        gx = run_compiled(dense_input_grad, variant, (x, gfeat, ta, tb, order, uniform, act), None, x,
+                          _dynamic_dims(uniform))
         if gx is not None:
             return gx
+        gfeat = gfeat.transpose(1, 2).contiguous()  # this variant failed to compile: the eager kernel's layout
     return input_grad_eager(x, gfeat, spec, module, act)
 
 
-def _combined_weight(base_weight, spline_weight, spline_scaler) -> torch.Tensor:
-    """(out, in * (1 + G + k)): per input [w_b, s * c_0, ..., s * c_{G+k-1}], the feature buffer's layout."""
+def _combined_weight(base_weight, spline_weight, spline_scaler, slot_major: bool) -> torch.Tensor:
+    """(out, in * (1 + G + k)) matching the features' layout: per input [w_b, s * c_0, ..., s * c_{G+k-1}]
+    (input-major), or per slot the row over all inputs (slot-major)."""
     scaled = spline_weight if spline_scaler is None else spline_weight * spline_scaler.unsqueeze(-1)
-    return torch.cat([base_weight.unsqueeze(-1), scaled], -1).reshape(base_weight.size(0), -1)
+    w = torch.cat([base_weight.unsqueeze(-1), scaled], -1)  # (out, in, 1 + G + k)
+    return (w.transpose(1, 2) if slot_major else w).reshape(base_weight.size(0), -1)
 
 
 def _reference_out(x, base_weight, spline_weight, spline_scaler, grid, order, module, act, cdtype):
@@ -89,7 +106,7 @@ def _reference_out(x, base_weight, spline_weight, spline_scaler, grid, order, mo
     xc = x.to(grid.dtype)
     base = module(xc) if act == "module" else activation_value(xc, act)
     feats = torch.cat([base.unsqueeze(-1), b_spline_basis(xc, grid, order)], -1)
-    weight = _combined_weight(base_weight, spline_weight, spline_scaler)
+    weight = _combined_weight(base_weight, spline_weight, spline_scaler, False)
     return torch.mm(feats.reshape(x.size(0), -1).to(cdtype), weight.to(cdtype).t())
 
 
@@ -105,8 +122,8 @@ class BSplineKANFunction(torch.autograd.Function):
     def forward(ctx, x, base_weight, spline_weight, spline_scaler, grid, ta, tb, order, uniform, act, compile, spec,
                 module, cdtype):
         with no_autocast(x.device.type):  # every cast below is explicit
-            feats = features(x, ta, tb, order, uniform, act, compile, spec, module, cdtype)
-            weight = _combined_weight(base_weight, spline_weight, spline_scaler).to(cdtype)
+            feats, slot_major = features(x, ta, tb, order, uniform, act, compile, spec, module, cdtype)
+            weight = _combined_weight(base_weight, spline_weight, spline_scaler, slot_major).to(cdtype)
             ctx.save_for_backward(x, base_weight, spline_weight, spline_scaler, grid, ta, tb)
             ctx.cfg = (order, uniform, act, compile, spec, module, cdtype)
             return torch.mm(feats.view(x.size(0), -1), weight.t())
@@ -124,25 +141,30 @@ class BSplineKANFunction(torch.autograd.Function):
             return (*[next(grads) if n else None for n in need[:4]], *[None] * 10)
         with no_autocast(x.device.type):
             grad_out = grad_out.to(cdtype).contiguous()
-            n = x.size(0)
+            n, n_in = x.size(0), x.size(1)
             gx = gbw = gsw = gsc = None
-            feats = features(x, ta, tb, order, uniform, act, compile, spec, module, cdtype)
+            feats, slot_major = features(x, ta, tb, order, uniform, act, compile, spec, module, cdtype)
             if need[1] or need[2] or need[3]:
-                gw = torch.mm(grad_out.t(), feats.view(n, -1)).view(base_weight.size(0), base_weight.size(1), -1)
-                gw = gw.to(base_weight.dtype)
+                gw = torch.mm(grad_out.t(), feats.view(n, -1)).to(base_weight.dtype)
+                gw = gw.view(base_weight.size(0), -1, n_in).transpose(1, 2) if slot_major else \
+                    gw.view(base_weight.size(0), n_in, -1)  # (out, in, 1 + G + k) either way
                 gbw = gw[..., 0] if need[1] else None
                 gs = gw[..., 1:]
                 if need[2]:
                     gsw = gs if spline_scaler is None else gs * spline_scaler.unsqueeze(-1)
                 if need[3]:
                     gsc = (gs * spline_weight).sum(-1)
+                if need[1]:
+                    gbw = gbw.contiguous()
+                if need[2]:
+                    gsw = gsw.contiguous()
             if need[0]:
-                weight = _combined_weight(base_weight, spline_weight, spline_scaler).to(cdtype)
+                weight = _combined_weight(base_weight, spline_weight, spline_scaler, slot_major).to(cdtype)
                 if _traced() or spec is None:
                     gfeat = torch.mm(grad_out, weight).view_as(feats)
                 else:  # features are no longer needed: reuse their memory
                     gfeat = torch.mm(grad_out, weight, out=feats.view(n, -1)).view_as(feats)
-                gx = input_grad(x, gfeat, ta, tb, order, uniform, act, compile, spec, module)
+                gx = input_grad(x, gfeat, slot_major, ta, tb, order, uniform, act, compile, spec, module)
         return gx, gbw, gsw, gsc, *[None] * 10
 
 

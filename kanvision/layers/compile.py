@@ -1,10 +1,10 @@
 """torch.compile for the KAN kernels: one compiled function per kernel variant, eager where one cannot compile.
 
-A variant is everything dynamo would otherwise guard on and recompile for: kernel, spline order, uniform or
-not, activation, dtypes, device type, and whether it runs under inference mode. Each variant gets its own
-code object, so dynamo's per-code-object recompile limit counts the recompiles of that variant alone
-(sizes: at most one static and one dynamic graph) instead of every layer, dtype and mode of the process
-sharing 8 slots. A variant that fails to compile warns once with its cause and runs eager; the others keep
+A variant is everything dynamo would otherwise guard on and recompile for: kernel, input width, spline
+order, uniform or not, activation, dtypes, device type, and whether it runs under inference mode. Each
+variant gets its own code object, so dynamo's per-code-object recompile limit counts the recompiles of that
+variant alone instead of every layer, dtype and mode of the process sharing 8 slots. The batch dimension is
+marked dynamic from the first call, so a smaller last batch or a validation batch reuses the same graph. A variant that fails to compile warns once with its cause and runs eager; the others keep
 compiling.
 
 The layer switch `compile=None` (the default) means "compile where it can work": CPU with a C++ compiler
@@ -78,13 +78,17 @@ def compiled_kernel(fn, variant: tuple):
     return compiled
 
 
-def run_compiled(fn, variant: tuple, args: tuple, kwargs: dict | None = None, dynamic_dim0: torch.Tensor | None = None):
-    """fn(*args) through its compiled variant; None if it cannot compile (warned once for that variant)."""
+def run_compiled(fn, variant: tuple, args: tuple, kwargs: dict | None = None, dynamic: torch.Tensor | None = None,
+                 dims: tuple[int, ...] = (0,)):
+    """fn(*args) through its compiled variant; None if it cannot compile (warned once for that variant).
+    `dims` of `dynamic` are compiled as symbolic sizes from the first call (default: the batch dimension,
+    which varies with the last batch and validation)."""
     compiled = compiled_kernel(fn, variant)
     if compiled is None:
         return None
-    if dynamic_dim0 is not None:  # batch sizes vary (last batch, validation): one graph for all of them
-        torch._dynamo.maybe_mark_dynamic(dynamic_dim0, 0)
+    if dynamic is not None:
+        for d in dims:
+            torch._dynamo.maybe_mark_dynamic(dynamic, d)
     try:
         return compiled(*args, **(kwargs or {}))
     except torch.OutOfMemoryError:
@@ -106,7 +110,7 @@ def compile_failures() -> dict[tuple, str]:
 
 def kernel_graphs() -> dict[tuple, int]:
     """Compiled graphs held per kernel variant in this process (dynamo's cache entries for its code object):
-    1 per variant normally, 2 once it has seen a second size (static, then dynamic), more means recompiles."""
+    1 per variant (one more if a batch of 1 row shows up: dynamo specialises sizes 0 and 1)."""
     from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 
     return {key: len(_debug_get_cache_entry_list(code)) for key, code in _CODES.items()}
