@@ -50,10 +50,10 @@ def _traced() -> bool:
     return torch.compiler.is_compiling()
 
 
-def _dynamic_dims(uniform: bool) -> tuple[int, ...]:
+def _dynamic(x, feats, uniform: bool):
     # Batch always symbolic (last batch, validation); the general-knot kernel also ran as fast with a symbolic
     # width, so one graph serves every layer width, while uniform kernels are generated per width.
-    return (0,) if uniform else (0, 1)
+    return ((x, (0,)), (feats, (0,))) if uniform else ((x, (0, 1)), (feats, (0, 2)))
 
 
 def _width(x, uniform: bool):
@@ -68,11 +68,12 @@ def features(x, ta, tb, order: int, uniform: bool, act: str, compile: bool | Non
     if _traced() or x.device.type == "meta" or spec is None:
         return dense_features(x, ta, tb, order, uniform, act, out_dtype), True
     if act != "module" and use_compiled(compile, x.device):
+        x = x.detach()  # kernels need no autograd; x.requires_grad differs between passes and would recompile
         out = scratch((x.size(0), ta.size(-2), x.size(1)), out_dtype, x.device)
         variant = ("features", _width(x, uniform), order, uniform, act, x.dtype, out_dtype, x.device.type,
                    torch.is_inference_mode_enabled())
-        y = run_compiled(dense_features, variant, (x, ta, tb, order, uniform, act, out_dtype), {"out": out}, x,
-                         _dynamic_dims(uniform))
+        y = run_compiled(dense_features, variant, (x, ta, tb, order, uniform, act, out_dtype), {"out": out},
+                         _dynamic(x, out, uniform))
         if y is not None:
             return y, True
     return features_eager(x, spec, module, act, out_dtype), False
@@ -84,9 +85,10 @@ def input_grad(x, gfeat, slot_major: bool, ta, tb, order: int, uniform: bool, ac
     if slot_major and (_traced() or x.device.type == "meta" or spec is None):
         return dense_input_grad(x, gfeat, ta, tb, order, uniform, act)
     if slot_major:
+        x = x.detach()
         variant = ("input_grad", _width(x, uniform), order, uniform, act, x.dtype, gfeat.dtype, x.device.type)
-        gx = run_compiled(dense_input_grad, variant, (x, gfeat, ta, tb, order, uniform, act), None, x,
-                          _dynamic_dims(uniform))
+        gx = run_compiled(dense_input_grad, variant, (x, gfeat, ta, tb, order, uniform, act), None,
+                          _dynamic(x, gfeat, uniform))
         if gx is not None:
             return gx
         gfeat = gfeat.transpose(1, 2).contiguous()  # this variant failed to compile: the eager kernel's layout

@@ -78,17 +78,17 @@ def compiled_kernel(fn, variant: tuple):
     return compiled
 
 
-def run_compiled(fn, variant: tuple, args: tuple, kwargs: dict | None = None, dynamic: torch.Tensor | None = None,
-                 dims: tuple[int, ...] = (0,)):
+def run_compiled(fn, variant: tuple, args: tuple, kwargs: dict | None = None,
+                 dynamic: tuple[tuple[torch.Tensor, tuple[int, ...]], ...] = ()):
     """fn(*args) through its compiled variant; None if it cannot compile (warned once for that variant).
-    `dims` of `dynamic` are compiled as symbolic sizes from the first call (default: the batch dimension,
-    which varies with the last batch and validation)."""
+    `dynamic` lists (tensor, dims) compiled as symbolic sizes from the first call: the batch dimension of
+    every tensor argument (it varies with the last batch and validation), else each new size recompiles."""
     compiled = compiled_kernel(fn, variant)
     if compiled is None:
         return None
-    if dynamic is not None:
+    for tensor, dims in dynamic:
         for d in dims:
-            torch._dynamo.maybe_mark_dynamic(dynamic, d)
+            torch._dynamo.maybe_mark_dynamic(tensor, d)
     try:
         return compiled(*args, **(kwargs or {}))
     except torch.OutOfMemoryError:

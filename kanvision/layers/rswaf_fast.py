@@ -45,9 +45,10 @@ def basis(u, centres, inv_h, compile: bool | None, out_dtype: torch.dtype | None
         return dense_basis(u, centres, inv_h, out_dtype)
     shape = (*u.shape, centres.numel())
     if use_compiled(compile, u.device):
+        u = u.detach()  # no autograd inside; u.requires_grad differs between passes and would recompile
         out = scratch(shape, out_dtype, u.device)
         variant = ("basis", u.size(1), u.dtype, out_dtype, u.device.type, torch.is_inference_mode_enabled())
-        b = run_compiled(dense_basis, variant, (u, centres, inv_h, out_dtype), {"out": out}, u, (0,))
+        b = run_compiled(dense_basis, variant, (u, centres, inv_h, out_dtype), {"out": out}, ((u, (0,)), (out, (0,))))
         if b is not None:
             return b
     b = _one_minus_square_(_eager_tanh(u, centres, inv_h, _math_dtype(u)))
@@ -59,9 +60,11 @@ def backward(u, gbuf, centres, inv_h, compile: bool | None, traced: bool = False
     if traced or u.device.type == "meta":
         return dense_basis_backward(u, gbuf, centres, inv_h)
     if use_compiled(compile, u.device):
+        u = u.detach()
         out = scratch(gbuf.shape, gbuf.dtype, gbuf.device, slot=1)
         variant = ("basis_backward", u.size(1), u.dtype, gbuf.dtype, u.device.type)
-        r = run_compiled(dense_basis_backward, variant, (u, gbuf, centres, inv_h), {"out": out}, u, (0,))
+        r = run_compiled(dense_basis_backward, variant, (u, gbuf, centres, inv_h), {"out": out},
+                         ((u, (0,)), (gbuf, (0,)), (out, (0,))))
         if r is not None:
             return r
     dtype = _math_dtype(u)
