@@ -116,7 +116,7 @@ class BSplineKANFunction(torch.autograd.Function):
     """(x (N, in), base_weight, spline_weight, spline_scaler or None, grid, ta, tb, order, uniform, act,
     compile, spec, module, cdtype) -> (N, out) in cdtype.
 
-    Saves only x, the parameters and the knot tables. A backward with create_graph=True (Hessian-vector
+    Saves only x and the parameters (and, when traced, the knot tables). A backward with create_graph=True (Hessian-vector
     products) is answered through the reference graph, so higher derivatives are exact too (and as slow as
     the reference)."""
 
@@ -126,14 +126,20 @@ class BSplineKANFunction(torch.autograd.Function):
         with no_autocast(x.device.type):  # every cast below is explicit
             feats, slot_major = features(x, ta, tb, order, uniform, act, compile, spec, module, cdtype)
             weight = _combined_weight(base_weight, spline_weight, spline_scaler, slot_major).to(cdtype)
-            ctx.save_for_backward(x, base_weight, spline_weight, spline_scaler, grid, ta, tb)
+            if spec is None:  # traced: the knot tables are graph values and must be saved like any other
+                ctx.save_for_backward(x, base_weight, spline_weight, spline_scaler, grid, ta, tb)
+            else:  # eager: the layer's cached spec holds them; only batch-sized x is saved beside the weights
+                ctx.save_for_backward(x, base_weight, spline_weight, spline_scaler)
             ctx.cfg = (order, uniform, act, compile, spec, module, cdtype)
             return torch.mm(feats.view(x.size(0), -1), weight.t())
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, base_weight, spline_weight, spline_scaler, grid, ta, tb = ctx.saved_tensors
         order, uniform, act, compile, spec, module, cdtype = ctx.cfg
+        if spec is None:
+            x, base_weight, spline_weight, spline_scaler, grid, ta, tb = ctx.saved_tensors
+        else:
+            (x, base_weight, spline_weight, spline_scaler), grid, (ta, tb) = ctx.saved_tensors, spec.grid, spec.dense
         need = ctx.needs_input_grad
         if torch.is_grad_enabled():
             inputs = (x, base_weight, spline_weight, spline_scaler)
