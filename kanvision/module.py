@@ -195,8 +195,20 @@ class ImageClassifier(L.LightningModule):
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         return self.model(x).softmax(-1)
 
+    def parameter_groups(self) -> list[dict]:
+        """timm's weight-decay grouping, as DeiT's recipe: biases, norms and other 1-D parameters, and what the
+        model's `no_weight_decay()` names (position embeddings, class tokens), get weight_decay 0; the rest
+        keep the optimizer's own value. Decaying a LayerNorm gain or a bias towards 0 only constrains the
+        model's scale, which is why the published recipes exclude them."""
+        skip = set(self.model.no_weight_decay()) if hasattr(self.model, "no_weight_decay") else set()
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 or name.endswith(".bias") or name in skip else decay).append(p)
+        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
+        optimizer = self.optimizer_factory(self.parameter_groups())
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)

@@ -109,3 +109,18 @@ def test_images_per_s_syncs_the_module_device_and_counts_the_batch(tmp_path, mon
     # One sync before and one after each of the 3 steps, all on the module's device.
     assert synced == [torch.device("cpu")] * 6
     assert float(trainer.callback_metrics["train/images_per_s"]) == pytest.approx(8 / 2)
+
+
+def test_weight_decay_spares_biases_norms_and_embeddings():
+    from functools import partial
+    m = ImageClassifier(model="kan_deit_tiny_patch4_32", kan="bspline", model_kwargs=dict(depth=1), num_classes=10,
+                        optimizer=partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.05), lr_scheduler=None)
+    opt = m.configure_optimizers()
+    wd = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    named = dict(m.model.named_parameters())
+    assert len(wd) == len(named)  # every parameter in exactly one group
+    for name in ("pos_embed", "cls_token", "norm.weight", "head.bias", "blocks.0.norm1.bias"):
+        assert wd[id(named[name])] == 0.0, name
+    for name in ("head.weight", "blocks.0.attn.qkv.weight", "blocks.0.mlp.fc1.spline_weight",
+                 "blocks.0.mlp.fc1.base_weight", "blocks.0.mlp.fc1.spline_scaler"):
+        assert wd[id(named[name])] == 0.05, name
