@@ -56,15 +56,6 @@ def _gather_rows(x: torch.Tensor, counts: list[int]) -> torch.Tensor:
     return torch.cat([p[:c] for p, c in zip(parts, counts)])
 
 
-def _install(layer: BSplineKAN, grid: torch.Tensor, coeff: torch.Tensor) -> None:
-    # copy_ (not a collective writing the buffer directly) bumps the version counters the layer's kernel
-    # tables are keyed on; the hook lets the layer re-derive what it caches about its knots.
-    layer.grid.copy_(grid)
-    layer.spline_weight.copy_(coeff)
-    if hasattr(layer, "_on_grid_changed"):
-        layer._on_grid_changed()
-
-
 @torch.no_grad()
 def update_grids(model: nn.Module, images: torch.Tensor, margin: float = 0.01) -> int:
     """Refit every BSplineKAN grid to its inputs on `images`; returns the number of layers updated.
@@ -113,14 +104,9 @@ def update_grids(model: nn.Module, images: torch.Tensor, margin: float = 0.01) -
                 mine = rows
         error, fitted = None, {}
         if mine is not None:
-            layer = layers[group[rank]]
             try:
-                grid = bspline_fit.new_knots(mine, layer.grid_size, layer.spline_order, layer.grid_eps, margin)
-                grid = grid.to(layer.grid.dtype)
-                coeff = bspline_fit.refit_coefficients(mine, layer.grid, grid, layer.spline_order,
-                                                       layer.spline_weight)
-                # Collectives send the storage as laid out: a transposed view would arrive scrambled.
-                fitted[group[rank]] = (grid.contiguous(), coeff.contiguous())
+                # Contiguous: collectives send the storage as laid out, a transposed view would arrive scrambled.
+                fitted[group[rank]] = layers[group[rank]].fitted_grid(mine, margin)
             except Exception as e:  # noqa: BLE001  (re-raised below, after telling the other ranks)
                 error = e
             del mine
@@ -138,5 +124,7 @@ def update_grids(model: nn.Module, images: torch.Tensor, margin: float = 0.01) -
             if world > 1:
                 dist.broadcast(grid, src=r)
                 dist.broadcast(coeff, src=r)
-            _install(layer, grid, coeff)
+            # set_grid copies (not a collective writing the buffers): the version counters the layer's kernel
+            # tables are keyed on change, and grid_uniform is re-derived.
+            layer.set_grid(grid, coeff)
     return len(todo)

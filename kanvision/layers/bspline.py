@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import bspline_fit
 from .bspline_basis import b_spline_basis, grid_is_uniform, uniform_knots
 from .bspline_dense import activation_kind, dense_tables
 from .bspline_fast import bspline_kan
@@ -24,10 +25,6 @@ from .scripting import no_torchscript
 
 __all__ = ["BSplineKAN", "b_spline_basis", "uniform_knots"]
 
-
-# The fits (init and grid update) live with their math; single_thread is kept importable from here.
-from . import bspline_fit  # noqa: E402
-from .bspline_fit import single_thread  # noqa: E402,F401
 
 
 @no_torchscript
@@ -165,9 +162,6 @@ class BSplineKAN(nn.Module):
         self._plan, self._plan_key = None, None
         self._grid_version = g._version
 
-    # The grid-update code calls this name.
-    _on_grid_changed = grid_changed
-
     def _apply(self, fn, recurse=True):
         # .double() of float32 knots is only uniform to float32 precision: re-check at the new dtype.
         out = super()._apply(fn, recurse)
@@ -224,14 +218,22 @@ class BSplineKAN(nn.Module):
         The refit is one (G + k) x (G + k) projection per input (bspline_fit.refit_projection): memory
         O(N x in x (G + k)), float64 on the layer's device.
         """
-        x = bspline_fit.check_update_rows(self, x)
-        new_grid = bspline_fit.new_knots(x, self.grid_size, self.spline_order, self.grid_eps, margin)
-        new_grid = new_grid.to(self.grid.dtype)
-        coeff = bspline_fit.refit_coefficients(x, self.grid, new_grid, self.spline_order, self.spline_weight)
-        self.grid.copy_(new_grid)
+        self.set_grid(*self.fitted_grid(bspline_fit.check_update_rows(self, x), margin))
+
+    @torch.no_grad()
+    def fitted_grid(self, x: torch.Tensor, margin: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+        """(knots, coefficients) update_grid would install for rows x (N, in) already checked by
+        bspline_fit.check_update_rows; contiguous, so they can be sent by a collective as they are."""
+        grid = bspline_fit.new_knots(x, self.grid_size, self.spline_order, self.grid_eps, margin).to(self.grid.dtype)
+        coeff = bspline_fit.refit_coefficients(x, self.grid, grid, self.spline_order, self.spline_weight)
+        return grid.contiguous(), coeff.contiguous()
+
+    @torch.no_grad()
+    def set_grid(self, grid: torch.Tensor, coeff: torch.Tensor) -> None:
+        """Install knots and coefficients in place (the version counters change) and re-derive grid_uniform."""
+        self.grid.copy_(grid)
         self.spline_weight.copy_(coeff)
-        if hasattr(self, "_on_grid_changed"):
-            self._on_grid_changed()
+        self.grid_changed()
 
     def regularization_loss(self, x: torch.Tensor | None = None, regularize_activation: float = 1.0,
                             regularize_entropy: float = 1.0) -> torch.Tensor:

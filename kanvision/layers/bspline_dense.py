@@ -7,9 +7,8 @@ the middle axis is the base activation act(x); slot 1 + m is basis B_m(x).
 
 Slot-major layout (N, slot, in): the innermost axis is the input axis, contiguous in x, in the tables and
 in the output, so the generated loop is one long vector loop. With the input-major (N, in, slot) layout of
-the eager kernels the inner loop ran over the 9 slots, a 16-lane vector 9 lanes full, and the general-knot
-kernel took 44 ms where this layout takes 8 (8192 x 192 inputs, 2 CPU threads). The caller permutes the
-weight (a small copy) to match.
+the eager kernels the generated inner loop runs over the 9 slots, a 16-lane vector 9 lanes full, which made
+the general-knot kernel several times slower. The caller permutes the weight (a small copy) to match.
 
 - Uniform knots: basis m is the cardinal B-spline of u = (x - g_m) / h, a fixed order-k polynomial on
   each unit piece of u (coefficients from `uniform_local_coefficients`). Measuring u from each basis's
@@ -30,18 +29,15 @@ from torch import nn
 
 from .bspline_basis import _coefficients_exact
 
-__all__ = ["ACTIVATIONS", "activation_kind", "activation_value", "activation_derivative", "compute_dtype",
+__all__ = ["activation_kind", "activation_value", "activation_derivative", "compute_dtype",
            "dense_tables", "dense_features", "dense_input_grad"]
 
 # Python floats, so a compiler bakes them into the kernel as constants (read from a dict, not computed, when traced).
 _COEFF_ROWS = {k: tuple(tuple(float(c) for c in row) for row in _coefficients_exact(k)) for k in range(1, 8)}
 
-# Base activations with a closed-form derivative: only these run in the compiled / traced kernels.
-ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu", "identity", "tanh")
-
-
 def activation_kind(module: nn.Module) -> str:
-    """The kernel name of an activation module, or "module" for one the kernels cannot differentiate."""
+    """The kernel name of an activation module (those with a closed-form derivative, the only ones the
+    compiled / traced kernels run), or "module" for any other."""
     if type(module) is nn.SiLU:
         return "silu"
     if type(module) is nn.GELU:

@@ -21,7 +21,7 @@ from importlib.util import find_spec
 
 import torch
 
-__all__ = ["compile_failures", "compile_supported", "compiled_kernel", "kernel_graphs", "use_compiled"]
+__all__ = ["compile_failures", "compile_supported", "compiled_kernel", "kernel_graphs", "run_compiled", "use_compiled"]
 
 _VARIANTS: dict[tuple, object] = {}
 _CODES: dict[tuple, types.CodeType] = {}
