@@ -45,6 +45,9 @@ def _cli_class():
             parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
             parser.add_argument("--name", default="kanvision",
                                 help="run name: logs and checkpoints go to <default_root_dir or runs>/<name>/version_N")
+            parser.add_argument("--test_after_fit", type=bool, default=True,
+                                help="fit only: evaluate the test split once, on the best checkpoint (chosen on "
+                                     "validation), after training")
 
         def _parse_ckpt_path(self):
             # Lightning replaces the model's config with the checkpoint's hyper-parameters, so a flag such as
@@ -73,8 +76,10 @@ def _cli_class():
             callbacks.append(RunStatus())
             kwargs.setdefault("callbacks", callbacks)
             if cfg.get("logger") in (None, True):
+                sub = self.config.get("subcommand")
+                ckpt = self.config[sub].get("ckpt_path") if sub == "fit" else None
                 kwargs.setdefault("logger", default_loggers(cfg.get("default_root_dir") or RUNS_DIR,
-                                                            self._get(self.config, "name") or "kanvision"))
+                                                            self._get(self.config, "name") or "kanvision", ckpt))
             trainer = super().instantiate_trainer(**kwargs)
             if cfg.get("enable_checkpointing") is not False:
                 # Resumable runs: the monitored callback ("checkpoint.*") keeps the best; this one keeps the
@@ -88,6 +93,26 @@ def _cli_class():
 
         def after_fit(self):
             self._report("val")
+            if self._get(self.config, "test_after_fit") and not self.trainer.fast_dev_run:
+                self._test_chosen()
+
+        def _test_chosen(self):
+            """The test split, once, on the checkpoint validation chose (the last weights if none was saved)."""
+            if not getattr(self.datamodule, "has_test_split", lambda: True)():
+                print(f"no test split under {getattr(self.datamodule, 'root', '?')}: the test set was not evaluated")
+                return
+            monitored = [c for c in self.trainer.checkpoint_callbacks if getattr(c, "monitor", None)]
+            best = monitored[0].best_model_path if monitored else ""
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False)
+            self._report("test")
+            m = self.trainer.callback_metrics
+            if self.trainer.is_global_zero and self.trainer.loggers and "test/acc1" in m:
+                from .runs import read_status, write_status
+                run_dir = self.trainer.loggers[0].log_dir
+                status = read_status(run_dir) or {}
+                status["test"] = {"acc1": float(m["test/acc1"]), "acc5": float(m["test/acc5"]),
+                                  "checkpoint": best or "last weights (no checkpoint saved)"}
+                write_status(run_dir, **status)
 
         def after_test(self):
             self._report("test")
@@ -182,20 +207,27 @@ def _short(items, n: int = 4) -> str:
     return ", ".join(map(str, items[:n])) + (f", ... ({len(items)} in all)" if len(items) > n else "")
 
 
-def default_loggers(root: str, name: str) -> list:
-    """CSV + TensorBoard in one run directory <root>/<name>/version_N (TensorBoard events in its tensorboard/)."""
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+def default_loggers(root: str, name: str, resume_from: str | None = None) -> list:
+    """CSV + TensorBoard in one run directory <root>/<name>/version_N (TensorBoard events in its tensorboard/).
 
+    Resuming from a checkpoint of <root>/<name>/version_N goes on in version_N."""
     import os
+    from pathlib import Path
 
+    import torch
+    from lightning.pytorch.loggers import TensorBoardLogger
     from lightning.pytorch.utilities import rank_zero_only
 
-    from .runs import allocate_version
+    from .runs import AppendingCSVLogger, allocate_version, resume_version
 
-    if rank_zero_only.rank == 0:
+    version = resume_version(root, name, resume_from)
+    resume_step = None
+    if version is not None:
+        resume_step = int(torch.load(resume_from, map_location="cpu", weights_only=False, mmap=True)["global_step"])
+        os.environ[RUN_VERSION_ENV] = str(version)
+    elif rank_zero_only.rank == 0:
         # Created here, atomically: the loggers would each scan for the next free version_N when they first
         # write, and two runs of the same name started together would both take the same one.
-        from pathlib import Path
         base_existed = (Path(root) / name).exists()
         version = allocate_version(root, name)
         os.environ[RUN_VERSION_ENV] = str(version)  # DDP ranks started after this (same job) inherit it
@@ -203,7 +235,7 @@ def default_loggers(root: str, name: str) -> list:
     else:
         # Other ranks write no logs (Lightning broadcasts rank 0's directory); take its number, create nothing.
         version = int(os.environ.get(RUN_VERSION_ENV, "0"))
-    return [CSVLogger(root, name=name, version=version),
+    return [AppendingCSVLogger(root, name=name, version=version, resume_step=resume_step),
             TensorBoardLogger(root, name=name, version=version, sub_dir="tensorboard")]
 
 
@@ -228,7 +260,7 @@ def lightning_main(args: list[str]) -> None:
     """`kanvision fit|validate|test ...`: LightningCLI over ImageClassifier and ImageDataModule."""
     from .data import DataError, ImageDataModule
     from .module import ConfigError, ImageClassifier
-    from .runs import DivergedError
+    from .runs import DivergedError, RunInterrupted
 
     # From the shell args is sys.argv[1:]: LightningCLI then reads sys.argv itself, since given both it warns
     # (printing the whole command line twice) on every command, --help included.
@@ -241,6 +273,9 @@ def lightning_main(args: list[str]) -> None:
         )
     except (DataError, ConfigError, DivergedError) as e:  # user input, not a bug: one line, no traceback
         raise SystemExit(f"kanvision: error: {e}") from None
+    except RunInterrupted as e:
+        print(f"kanvision: {e}", file=sys.stderr)
+        raise SystemExit(130) from None
     finally:
         _drop_empty_run_dirs()
     _close_process_group()

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .models._factory import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
+from .resume import SeededAugment, SeededSampler
 
 __all__ = ["DataError", "ImageDataModule", "SyntheticImages"]
 
@@ -78,23 +79,6 @@ class SyntheticImages(Dataset):
         return (self.transform(img) if self.transform else img), int(self.labels[i])
 
 
-class EpochSeededSampler(torch.utils.data.Sampler):
-    """Shuffles with seed + epoch, so a run resumed from a checkpoint sees the same order as one that was not."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at every epoch start
-        self.epoch = epoch
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
-
-    def __len__(self) -> int:
-        return self.n
-
-
 class ImageDataModule(L.LightningDataModule):
     def __init__(
         self,
@@ -105,7 +89,7 @@ class ImageDataModule(L.LightningDataModule):
         num_workers: int = 2,
         img_size: int = 32,
         augment: str = "cifar",
-        val_split: float = 0.0,
+        val_split: int | float | None = None,
         train_subset: int | None = None,
         test_subset: int | None = None,
         mean: Sequence[float] | None = None,
@@ -122,7 +106,9 @@ class ImageDataModule(L.LightningDataModule):
             batch_size: global batch, split evenly across devices.
             img_size: images are resized to img_size x img_size (224 for the patch16_224 models).
             augment: cifar (random crop, padding img_size/8, + flip) | deit (timm: RandAugment, random erasing) | none.
-            val_split: fraction of train held out (seeded) for validation; 0 validates on the test split.
+            val_split: training images held out (seeded by `seed`) for validation and model selection: a count
+                (5000) or a fraction (0.1). Default: 5,000 for CIFAR, 0.1 for image folders, none for synthetic
+                (test data). 0 validates on the test split, which then also picks the "best" checkpoint.
             train_subset / test_subset: use a seeded random subset of this many images (quick runs).
             mean / std: normalisation; default: the dataset's (measured on up to 2,000 images for imagefolder).
             synthetic_size / synthetic_classes: size of the synthetic train split (test: a quarter) and classes.
@@ -132,14 +118,17 @@ class ImageDataModule(L.LightningDataModule):
             raise DataError(f"unknown dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
         if augment not in AUGMENTS:
             raise DataError(f"unknown augment {augment!r}: choose one of {', '.join(AUGMENTS)}")
-        if not 0.0 <= val_split < 1.0:
-            raise DataError(f"val_split must be in [0, 1), got {val_split}")
+        if val_split is not None and (val_split < 0 or (isinstance(val_split, float) and val_split >= 1)):
+            raise DataError(f"val_split must be a count of images (e.g. 5000) or a fraction in [0, 1) (e.g. 0.1), "
+                            f"got {val_split}")
         self.save_hyperparameters()
         self.dataset, self.root = dataset, Path(root).expanduser()
         self._mean, self._std = mean, std
         self._warned_absent: set[Path] = set()
         self._unreadable: dict[Path, dict[str, str]] = {}
         self.train_set = self.val_set = self.test_set = None
+        self._resume_at: dict | None = None  # from a checkpoint: where the interrupted epoch stopped
+        self._sampler: SeededSampler | None = None
 
     # ---------------------------------------------------------------- what the model needs up front
     @property
@@ -320,6 +309,19 @@ class ImageDataModule(L.LightningDataModule):
         g = torch.Generator().manual_seed(self.hparams.seed + salt)
         return Subset(ds, torch.randperm(len(ds), generator=g)[:n].tolist())
 
+    @property
+    def val_count(self) -> int | float:
+        """The hold-out actually used: `val_split`, or the dataset's default when it is None."""
+        if self.hparams.val_split is not None:
+            return self.hparams.val_split
+        return {"cifar10": 5000, "cifar100": 5000, "synthetic": 0}.get(self.dataset, 0.1)
+
+    def has_test_split(self) -> bool:
+        """Whether a test split exists, without loading it (an image folder may have only train/)."""
+        if self.dataset == "imagefolder":
+            return any((self.root / n).is_dir() for n in IMAGE_FOLDER_SPLITS["test"])
+        return True
+
     def setup(self, stage: str | None = None) -> None:
         world = self.trainer.world_size if self.trainer is not None else 1
         if self.hparams.batch_size % world:
@@ -327,35 +329,78 @@ class ImageDataModule(L.LightningDataModule):
                             f"{world} devices: use a multiple of {world}")
         self.per_device_batch = self.hparams.batch_size // world
         self.mean  # noqa: B018  measured once here for image folders, before workers start
+        held_out = self.val_count
         if stage in (None, "fit", "validate") and self.train_set is None:
             train = self._subset(self._make("train", True), self.hparams.train_subset, 1)
-            if self.hparams.val_split > 0:
-                n_val = max(1, math.floor(len(train) * self.hparams.val_split))
+            if held_out > 0:
+                n_val = held_out if isinstance(held_out, int) else max(1, math.floor(len(train) * held_out))
+                if n_val >= len(train):
+                    raise DataError(f"val_split {held_out} holds out {n_val} of only {len(train)} training images: "
+                                    "give a smaller count or fraction (--data.val_split)")
                 perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.hparams.seed)).tolist()
                 # Same images, evaluation transforms for the held-out part.
                 val_full = self._subset(self._make("train", False), self.hparams.train_subset, 1)
                 self.train_set, self.val_set = Subset(train, perm[n_val:]), Subset(val_full, perm[:n_val])
             else:
                 self.train_set = train
-        if self.test_set is None:
+        # The test split is only read when asked for (or when it doubles as validation): fitting with a
+        # hold-out needs no test/ folder.
+        if self.test_set is None and (stage in (None, "test", "predict") or held_out == 0):
             self.test_set = self._subset(self._make("test", False), self.hparams.test_subset, 2)
         if self.val_set is None:
             self.val_set = self.test_set
 
-    def _loader(self, ds, train: bool) -> DataLoader:
+    # ------------------------------------------------------------------- resuming part-way through an epoch
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint (Lightning): the epoch being trained and how many of its batches are done.
+        Only counted trained batches: the loader's own position runs ahead by what it has prefetched."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return {}
+        # The sampler's epoch: Lightning's epoch counter moves on before on_train_epoch_end, batch counts later.
+        epoch = self._sampler.epoch if self._sampler is not None else trainer.fit_loop.epoch_progress.current.processed
+        return {"epoch": epoch, "batches": trainer.fit_loop.epoch_loop.batch_progress.current.processed,
+                "per_device_batch": self.per_device_batch, "world_size": trainer.world_size}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resume_at = dict(state_dict) or None
+
+    def _train_sampler(self) -> SeededSampler:
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = self._sampler = SeededSampler(len(self.train_set), self.hparams.seed, num_replicas=world, rank=rank)
+        at, self._resume_at = self._resume_at, None
+        if at:
+            done = at["batches"] * at["per_device_batch"] * at["world_size"]  # training images of the epoch
+            if done >= len(sampler) // self.per_device_batch * self.per_device_batch * world:  # an epoch-end save
+                sampler.epoch = at["epoch"] + 1
+            else:
+                sampler.epoch, sampler.skip = at["epoch"], done // world
+            if (at["per_device_batch"], at["world_size"]) != (self.per_device_batch, world):
+                from lightning.pytorch.utilities import rank_zero_warn
+                rank_zero_warn(f"resuming with {world} device(s) x batch {self.per_device_batch}, the checkpoint "
+                               f"was {at['world_size']} x {at['per_device_batch']}: epoch {at['epoch']} goes on from the same "
+                               "count of images, but not with an uninterrupted run's sample order")
+        return sampler
+
+    def _loader(self, ds, sampler=None) -> DataLoader:
         workers = self.hparams.num_workers
-        return DataLoader(ds, batch_size=self.per_device_batch, num_workers=workers, drop_last=train,
-                          sampler=EpochSeededSampler(len(ds), self.hparams.seed) if train else None,
+        # Its own generator: an iterator's worker seed would otherwise come from the global generator, which
+        # dropout and mixup use, at points that differ between an uninterrupted and a resumed run.
+        return DataLoader(ds, batch_size=self.per_device_batch, num_workers=workers, drop_last=sampler is not None,
+                          sampler=sampler, generator=torch.Generator().manual_seed(self.hparams.seed),
                           persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, True)
+        return self._loader(SeededAugment(self.train_set), self._train_sampler())
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, False)
+        return self._loader(self.val_set)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, False)
+        if self.test_set is None:
+            self.setup("test")
+        return self._loader(self.test_set)
 
     def describe(self) -> dict:
         """The data facts a checkpoint carries (checkpoints.py's "kanvision" record)."""

@@ -195,6 +195,13 @@ class ImageClassifier(L.LightningModule):
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         return self.model(x).softmax(-1)
 
+    def configure_callbacks(self):
+        # Part of the training, not of one CLI: any Trainer fitting this module resumes exactly. Not again
+        # when the same Trainer tests after fitting (Lightning would announce it replaced the first one).
+        from .resume import ExactResume
+        has = self._trainer is not None and any(isinstance(c, ExactResume) for c in self.trainer.callbacks)
+        return [] if has else [ExactResume()]
+
     def parameter_groups(self) -> list[dict]:
         """timm's weight-decay grouping, as DeiT's recipe: biases, norms and other 1-D parameters, and what the
         model's `no_weight_decay()` names (position embeddings, class tokens), get weight_decay 0; the rest

@@ -80,27 +80,6 @@ def test_user_errors_are_one_line(tmp_path):
         main(["fit", "--config", write_config(tmp_path), "--model.kan=kanish"])
 
 
-@pytest.mark.slow
-def test_resume_matches_uninterrupted(tmp_path):
-    """Stop after epoch 1, resume from last.ckpt to epoch 2: same weights as two epochs in one go."""
-    cfg = write_config(tmp_path, trainer__max_epochs=2, model__grid_update_every=3, model__grid_update_until=6)
-    main(["fit", "--config", cfg, f"--trainer.default_root_dir={tmp_path}", "--name=full"])
-    main(["fit", "--config", cfg, f"--trainer.default_root_dir={tmp_path}", "--name=part",
-          "--trainer.callbacks+=test_cli.StopAfterFirstEpoch"])
-    part_last = run_dir(tmp_path, "part") / "checkpoints" / "last.ckpt"
-    main(["fit", "--config", cfg, f"--trainer.default_root_dir={tmp_path}", "--name=resumed",
-          f"--ckpt_path={part_last}"])
-    full = torch.load(run_dir(tmp_path, "full") / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    resumed = torch.load(run_dir(tmp_path, "resumed") / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    once = torch.load(part_last, weights_only=False)
-    assert once["epoch"] == 0
-    once = once["state_dict"]
-    key = "model.blocks.0.mlp_channels.fc1.spline_weight"
-    assert not torch.allclose(once[key], full[key])  # epoch 2 did train
-    for k, v in full.items():
-        assert torch.allclose(v.float(), resumed[k].float(), atol=1e-5, rtol=1e-4), k
-
-
 CONFIGS = Path(__file__).parent.parent / "configs"
 EXPERIMENTS = sorted((CONFIGS / "experiment").glob("*.yaml"))
 
@@ -177,7 +156,9 @@ def test_run_status_finished_failed_and_none_for_fast_dev_run(tmp_path):
     cfg = write_config(tmp_path)
     quick = ["--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
     main(["fit", "--config", cfg, f"--trainer.default_root_dir={tmp_path}", "--name=ok", *quick])
-    assert json.loads((run_dir(tmp_path, "ok") / "status.json").read_text()) == {"status": "finished"}
+    ok = json.loads((run_dir(tmp_path, "ok") / "status.json").read_text())
+    assert ok["status"] == "finished" and set(ok) == {"status", "test"}  # fit ends by scoring the test split
+    assert Path(ok["test"]["checkpoint"]).name.startswith("epoch000-top1_") and 0 <= ok["test"]["acc1"] <= 1
     with pytest.raises(RuntimeError, match="disk full"):
         main(["fit", "--config", cfg, f"--trainer.default_root_dir={tmp_path}", "--name=bad", *quick,
               "--trainer.callbacks+=test_cli.FailAtSecondStep"])

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from kanvision.data import DataError, EpochSeededSampler, ImageDataModule, SyntheticImages
+from kanvision.data import DataError, ImageDataModule, SyntheticImages
 
 
 def test_synthetic_loaders_and_metadata():
@@ -14,7 +14,7 @@ def test_synthetic_loaders_and_metadata():
     dm.setup("fit")
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (8, 3, 32, 32) and y.max() < 4
-    assert len(dm.val_set) == 16 and dm.val_set is dm.test_set  # no val_split: validate on test
+    assert len(dm.val_set) == 16 and dm.val_set is dm.test_set  # synthetic (test data) has no default hold-out
     assert dm.describe()["mean"] == [0.5, 0.5, 0.5]
 
 
@@ -85,6 +85,8 @@ def test_imagefolder(image_folder):
     assert 0.2 < dm.mean[0] < 0.8 and all(s > 0 for s in dm.std)  # measured on the train images
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (4, 3, 16, 16)
+    assert dm.test_set is None and len(dm.val_set) == 1  # 10% of 12 held out; fit does not read test/
+    dm.setup("test")
     assert len(dm.test_set) == 12
 
 
@@ -106,15 +108,33 @@ def test_deit_augment_runs_on_synthetic():
     assert next(iter(dm.train_dataloader()))[0].shape == (4, 3, 32, 32)
 
 
-def test_subsets_and_epoch_sampler():
+def test_subsets():
     dm = ImageDataModule("synthetic", batch_size=4, num_workers=0, synthetic_size=64, train_subset=20, test_subset=5)
     dm.setup("fit")
     assert len(dm.train_set) == 20 and len(dm.test_set) == 5
-    s = EpochSeededSampler(10, seed=3)
-    first = list(s)
-    assert first == list(s) and sorted(first) == list(range(10))
-    s.set_epoch(1)
-    assert list(s) != first
+
+
+def test_default_validation_is_a_seeded_hold_out_of_training_images(image_folder, monkeypatch):
+    """Model selection never sees the test split: CIFAR holds out 5,000 training images, folders 10%; the
+    test split is not even read for fit (a folder without test/ fits), and val_split 0 is the only way back."""
+    import shutil
+    assert ImageDataModule("cifar10").val_count == 5000 and ImageDataModule("cifar100").val_count == 5000
+    assert ImageDataModule("cifar10", val_split=0).val_count == 0
+    shutil.rmtree(image_folder / "test")
+    dm = ImageDataModule("imagefolder", root=str(image_folder), batch_size=2, num_workers=0, img_size=16,
+                         mean=[0.5] * 3, std=[0.5] * 3)
+    assert dm.val_count == 0.1 and not dm.has_test_split()
+    dm.setup("fit")
+    n = len(dm.train_set) + len(dm.val_set)
+    assert len(dm.val_set) == max(1, int(n * 0.1)) and dm.test_set is None
+    assert not set(dm.train_set.indices) & set(dm.val_set.indices)
+    counted = ImageDataModule("synthetic", synthetic_size=100, val_split=30, num_workers=0)
+    counted.setup("fit")
+    assert len(counted.val_set) == 30 and len(counted.train_set) == 70
+    with pytest.raises(DataError, match="val_split 100 holds out 100 of only 100"):
+        ImageDataModule("synthetic", synthetic_size=100, val_split=100, num_workers=0).setup("fit")
+    with pytest.raises(DataError, match="a count of images .* or a fraction"):
+        ImageDataModule("synthetic", val_split=1.5)
 
 
 def test_imagefolder_test_split_labelled_by_training_classes(image_folder):
@@ -153,9 +173,10 @@ def test_unreadable_images_skipped_with_one_warning(image_folder):
                                          r".*\), ant/empty.jpg \(empty file\)$") as w:
         dm.setup("fit")
     assert sum("unreadable" in str(m.message) for m in w) == 1  # one warning, also with mean/std measured
-    names = sorted(p.rsplit("/", 1)[1] for p, _ in dm.train_set.samples if "/ant/" in p)
+    folder = dm.train_set.dataset  # the hold-out split is a Subset of the folder
+    names = sorted(p.rsplit("/", 1)[1] for p, _ in folder.samples if "/ant/" in p)
     assert names == ["0.png", "1.png", "2.png", "3.png", "tail.jpg", "whole.jpg"]
-    assert len(dm.train_set.targets) == 14
+    assert len(folder.targets) == 14 and len(dm.train_set) == 13 and len(dm.val_set) == 1
     assert sum(len(y) for _, y in dm.train_dataloader()) == 12  # every batch loads (drop_last)
 
 

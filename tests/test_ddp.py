@@ -32,6 +32,13 @@ class RankProbe(L.Callback):
     def on_validation_epoch_start(self, trainer, pl_module):
         self.correct = self.seen = 0
 
+    def on_train_start(self, trainer, pl_module):
+        # The training sampler shards itself (Lightning must not wrap it): this rank's share of epoch 0.
+        sampler = trainer.train_dataloader.sampler
+        share = [i for i, _ in sampler]
+        (self.out / f"train_rank{trainer.global_rank}.json").write_text(json.dumps(
+            dict(sampler=type(sampler).__name__, replicas=sampler.num_replicas, share=share)))
+
     @torch.no_grad()
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         x, y = batch
@@ -84,7 +91,13 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert (ckpt_dirs[0].parent / "config.yaml").is_file() and any(ckpt_dirs[0].glob("*.ckpt"))
     # Rank 1 takes rank 0's version number and creates no directory of its own.
     assert [p.name for p in (tmp_path / "runs" / "ddp").iterdir()] == ["version_0"]
-    assert json.loads((ckpt_dirs[0].parent / "status.json").read_text()) == {"status": "finished"}
+    status = json.loads((ckpt_dirs[0].parent / "status.json").read_text())
+    assert status["status"] == "finished" and "acc1" in status["test"]  # the test split, once, after fit
+    assert "test: top-1" in proc.stdout
+    shares = [json.loads((tmp_path / f"train_rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(s["sampler"] == "SeededSampler" and s["replicas"] == 2 for s in shares)
+    assert not set(shares[0]["share"]) & set(shares[1]["share"])  # each rank trains on its own half
+    assert len(shares[0]["share"]) == len(shares[1]["share"]) == 4 * VAL_SIZE // 2
 
     # Metrics: each rank validated half of the images; the logged value is the accuracy over all of them.
     ranks = [json.loads((tmp_path / f"val_rank{r}.json").read_text()) for r in (0, 1)]
