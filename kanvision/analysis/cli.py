@@ -5,6 +5,8 @@ Models: `--checkpoint PATH` (repeatable; kanvision.load_pretrained) or `--model 
 (seeded Gaussian images, random labels) or `--data imagefolder --data-root DIR` (DIR/test/<class>/*.jpg,
 resized to the model's input size and normalised with its mean/std). `--device` (every subcommand; default
 cuda when available, else cpu): models and data are moved there and timings synchronize that device.
+Results go to stdout and files; progress and measured time estimates to stderr (kanvision.analysis.progress),
+off with `--no-progress`.
 """
 from __future__ import annotations
 
@@ -103,32 +105,86 @@ def _batches(args, model) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return list(loader)
 
 
+def _reporter(args):
+    from kanvision.analysis.progress import Reporter
+    return Reporter(enabled=not args.no_progress)
+
+
+def _settings(args) -> dict:
+    """The settings recorded with the results: how the numbers were made (not how progress was shown)."""
+    return {k: v for k, v in vars(args).items() if k != "no_progress"}
+
+
+def _hessian_estimate(name: str, first: float, second: float, slq: int, trace: int,
+                      arpack: tuple[int, int | None]) -> str:
+    """The up-front estimate, at the measured rate of the second HVP (the first one pays one-time setup)."""
+    from kanvision.analysis.progress import format_duration as fmt
+    low, high = 2 * arpack[0], (2 * arpack[1] if arpack[1] is not None else None)
+    fixed = slq + trace
+    arpack_text = f"{low}-{high}" if high is not None else f"at least {low} (no --maxiter bound)"
+    span = (f"between {fmt(second * (fixed + low))} and {fmt(second * (fixed + high))}" if high is not None
+            else f"at least {fmt(second * (fixed + low))}")
+    return (f"{name}: HVPs took {fmt(first)} (first, with setup) then {fmt(second)}; {fixed} HVPs for "
+            f"SLQ + Hutchinson and {arpack_text} for ARPACK's two ends -> {span} at that rate")
+
+
+def _hessian_model(args, H, label: str, model, rep, index: str) -> tuple:
+    """One model's HVP phases, each reported as it runs; returns (operator, top, bottom, slq runs, trace)."""
+    op = H.HessianOperator(model, _batches(args, model), device=args.device)
+    arpack = H.arpack_hvp_bounds(op.size, args.top_k, args.maxiter)
+    name = f"hessian {label}{index}"
+    state = {"phase": None, "detail": lambda done: None, "ends": [rep.clock()]}
+
+    def after_hvp():
+        phase = state["phase"]
+        phase.advance(detail=state["detail"](phase.done + 1))
+        ends = state["ends"]
+        if len(ends) < 3:
+            ends.append(rep.clock())
+            if len(ends) == 3:
+                rep.note(_hessian_estimate(name, ends[1] - ends[0], ends[2] - ends[1], args.probes * args.steps,
+                                           args.trace_probes, arpack))
+
+    op.after_matvec = after_hvp
+
+    def run(what, total, fn, detail=lambda done: None, bound=False):
+        with rep.phase(f"{name}: {what}", total=total, unit="HVP", bound=bound) as phase:
+            state["phase"], state["detail"] = phase, detail
+            return fn()
+
+    try:
+        top = run("ARPACK largest", arpack[1], lambda: H.top_eigenvalues(
+            op, args.top_k, "LA", tol=args.tol, maxiter=args.maxiter), bound=True)
+        bottom = run("ARPACK smallest", arpack[1], lambda: H.top_eigenvalues(
+            op, args.top_k, "SA", tol=args.tol, maxiter=args.maxiter), bound=True)
+        runs = run("SLQ", args.probes * args.steps, lambda: H.slq(op, args.steps, args.probes, seed=args.seed),
+                   lambda done: f"probe {min((done - 1) // max(args.steps, 1) + 1, args.probes)}/{args.probes}")
+        trace = run("Hutchinson trace", args.trace_probes,
+                    lambda: H.hutchinson_trace(op, args.trace_probes, seed=args.seed),
+                    lambda done: f"probe {done}/{args.trace_probes}")
+    finally:
+        op.after_matvec = None
+    return op, top, bottom, runs, trace
+
+
 def hessian_main(args) -> dict:
-    from rich.progress import Progress
     from kanvision.analysis import hessian as H
     from kanvision.analysis.plots import plot_densities
 
-    results = {"settings": vars(args) | {"model_mode": "eval (BatchNorm running stats, Dropout/DropPath off)",
-                                         "threads": torch.get_num_threads()}, "models": {}}
-    for label, model in _models(args):
-        t0 = time.time()
-        op = H.HessianOperator(model, _batches(args, model), device=args.device)
-        total = 2 * args.top_k + args.probes * args.steps + args.trace_probes
-        with Progress(transient=False) as bar:
-            task = bar.add_task(f"HVPs {label}", total=total)
-            tick = lambda: bar.advance(task)  # noqa: E731
-            top = H.top_eigenvalues(op, args.top_k, "LA", tol=args.tol, maxiter=args.maxiter)
-            bar.advance(task, args.top_k)
-            bottom = H.top_eigenvalues(op, args.top_k, "SA", tol=args.tol, maxiter=args.maxiter)
-            bar.advance(task, args.top_k)
-            runs = H.slq(op, args.steps, args.probes, seed=args.seed, progress=tick)
-            trace = H.hutchinson_trace(op, args.trace_probes, seed=args.seed, progress=tick)
-        dens = H.density_from_slq(runs)
-        results["models"][label] = {
-            "num_params": op.size, "loss": op.loss(), "top_eigenvalues": top.tolist(),
-            "bottom_eigenvalues": bottom.tolist(), "trace": trace, "slq": runs, "density": dens,
-            "counts": H.large_eigenvalue_counts(args.threshold, op.size, runs, top, bottom),
-            "hvp_calls": op.calls, "seconds": time.time() - t0}
+    results = {"settings": _settings(args) | {"model_mode": "eval (BatchNorm running stats, Dropout/DropPath off)",
+                                              "threads": torch.get_num_threads()}, "models": {}}
+    models = _models(args)
+    with _reporter(args) as rep:
+        for i, (label, model) in enumerate(models):
+            t0 = time.time()
+            index = f" (model {i + 1}/{len(models)})" if len(models) > 1 else ""
+            op, top, bottom, runs, trace = _hessian_model(args, H, label, model, rep, index)
+            dens = H.density_from_slq(runs)
+            results["models"][label] = {
+                "num_params": op.size, "loss": op.loss(), "top_eigenvalues": top.tolist(),
+                "bottom_eigenvalues": bottom.tolist(), "trace": trace, "slq": runs, "density": dens,
+                "counts": H.large_eigenvalue_counts(args.threshold, op.size, runs, top, bottom),
+                "hvp_calls": op.calls, "seconds": time.time() - t0}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "hessian.json").write_text(json.dumps(results, indent=1, default=str))
@@ -146,20 +202,26 @@ def memory_main(args) -> list[dict]:
     from kanvision.analysis.plots import plot_memory
 
     rows = []
-    for label, model in _models(args):
-        shape = _input_shape(model)
-        state = {k: v.clone() for k, v in model.state_dict().items()}
+    models = _models(args)
+    with _reporter(args) as rep:
+        for i, (label, model) in enumerate(models):
+            shape = _input_shape(model)
+            state = {k: v.clone() for k, v in model.state_dict().items()}
 
-        def build(model=model, state=state):
-            model.load_state_dict(state)
-            return model
-        cap = args.max_memory_gb * 2**30 if args.max_memory_gb else None
-        for r in memory_sweep(build, args.batch_sizes, shape, getattr(model, "num_classes", args.num_classes),
-                              device=args.device, cap_bytes=cap):
-            rows.append(dict(r, model=label))
+            def build(model=model, state=state):
+                model.load_state_dict(state)
+                return model
+            cap = args.max_memory_gb * 2**30 if args.max_memory_gb else None
+            index = f" (model {i + 1}/{len(models)})" if len(models) > 1 else ""
+            # Counted in images, not batch sizes: a step's cost grows with its batch, so the estimate holds.
+            with rep.phase(f"memory {label}{index}", total=sum(args.batch_sizes), unit="image") as phase:
+                for r in memory_sweep(build, args.batch_sizes, shape,
+                                      getattr(model, "num_classes", args.num_classes), device=args.device,
+                                      cap_bytes=cap, progress=lambda bs: phase.advance(bs, f"batch {bs} done")):
+                    rows.append(dict(r, model=label))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "memory.json").write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=1, default=str))
+    (out / "memory.json").write_text(json.dumps({"settings": _settings(args), "rows": rows}, indent=1, default=str))
     mb = lambda b: "OOM" if b is None else f"{b / 2**20:.1f}"  # noqa: E731
     lines = [f"method: {rows[0].get('method', 'see memory.py')}; MiB", "",
              "| model | batch | measured | KAN fwd est. | KAN bwd est. | KAN params |", "|---|---|---|---|---|---|"]
@@ -177,33 +239,45 @@ def splines_main(args) -> list[dict]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {}
-    for label, model in _models(args):
-        layers = kan_layers(model)
-        if not layers:
-            raise SystemExit(f"kanvision analyze splines: {label} has no BSplineKAN/RSWAFKAN layer "
-                             "(build it with --kan bspline or --kan rswaf)")
-        if not -len(layers) <= args.layer < len(layers):
-            raise SystemExit(f"kanvision analyze splines: --layer {args.layer} out of range: "
-                             f"{label} has {len(layers)} KAN layers")
-        name, layer = layers[args.layer]
-        x = torch.cat([b[0] for b in _batches(args, model)]).to(args.device)
-        png = out / f"splines_{label.replace(':', '_')}.png"
-        result[label] = {"layer": name, "edges": plot_edges(layer, capture_inputs(model, layer, x), png,
-                                                            top=args.top, title=f"{label} {name}")}
-        print(f"{label} layer {name}: top edges {result[label]['edges'][:3]} -> {png}")
-    (out / "splines.json").write_text(json.dumps({"settings": vars(args), "models": result}, indent=1, default=str))
+    with _reporter(args) as rep:
+        for label, model in _models(args):
+            layers = kan_layers(model)
+            if not layers:
+                raise SystemExit(f"kanvision analyze splines: {label} has no BSplineKAN/RSWAFKAN layer "
+                                 "(build it with --kan bspline or --kan rswaf)")
+            if not -len(layers) <= args.layer < len(layers):
+                raise SystemExit(f"kanvision analyze splines: --layer {args.layer} out of range: "
+                                 f"{label} has {len(layers)} KAN layers")
+            name, layer = layers[args.layer]
+            with rep.phase(f"splines {label}", total=1, unit="plot") as phase:
+                x = torch.cat([b[0] for b in _batches(args, model)]).to(args.device)
+                png = out / f"splines_{label.replace(':', '_')}.png"
+                result[label] = {"layer": name, "edges": plot_edges(layer, capture_inputs(model, layer, x), png,
+                                                                    top=args.top, title=f"{label} {name}")}
+                phase.advance()
+            print(f"{label} layer {name}: top edges {result[label]['edges'][:3]} -> {png}")
+    (out / "splines.json").write_text(json.dumps({"settings": _settings(args), "models": result}, indent=1,
+                                                 default=str))
     return result
 
 
 def throughput_main(args) -> list[dict]:
     from kanvision.analysis.throughput import throughput
 
-    rows = [dict(throughput(model, _input_shape(model), getattr(model, "num_classes", args.num_classes),
-                            args.batch_size, args.warmup, args.repeats, args.device), model=label)
-            for label, model in _models(args)]
+    rows = []
+    models = _models(args)
+    with _reporter(args) as rep:
+        for i, (label, model) in enumerate(models):
+            index = f" (model {i + 1}/{len(models)})" if len(models) > 1 else ""
+            with rep.phase(f"throughput {label}{index}", total=2 * (args.warmup + args.repeats),
+                           unit="call") as phase:
+                row = throughput(model, _input_shape(model), getattr(model, "num_classes", args.num_classes),
+                                 args.batch_size, args.warmup, args.repeats, args.device,
+                                 progress=lambda detail: phase.advance(detail=detail))
+                rows.append(dict(row, model=label))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "throughput.json").write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=1, default=str))
+    (out / "throughput.json").write_text(json.dumps({"settings": _settings(args), "rows": rows}, indent=1, default=str))
     lines = [f"device {rows[0]['device']}, {rows[0]['threads']} threads, batch {args.batch_size}, "
              f"{args.warmup} warm-up + median of {args.repeats}", "",
              "| model | train img/s | inference img/s |", "|---|---|---|"]
@@ -228,6 +302,8 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--out", default=f"analysis_out/{name}")
         s.add_argument("--device", default=default_device(), help="cpu, cuda or cuda:N (default: %(default)s)")
+        s.add_argument("--no-progress", action="store_true",
+                       help="no progress or time estimates on stderr (results on stdout are the same)")
     h = sub.choices["hessian"]
     h.add_argument("--top-k", type=int, default=5)
     h.add_argument("--tol", type=float, default=1e-4)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["HessianOperator", "top_eigenvalues", "lanczos", "slq", "density_from_slq", "hutchinson_trace",
-           "large_eigenvalue_counts"]
+           "large_eigenvalue_counts", "arpack_hvp_bounds"]
 
 
 class HessianOperator:
@@ -47,6 +47,8 @@ class HessianOperator:
         self.dtype = self.params[0].dtype
         self.num_samples = sum(len(y) for _, y in self.batches)
         self.calls = 0
+        # Called with no arguments after every HVP (progress reporting); must not touch the tensors.
+        self.after_matvec: Callable[[], None] | None = None
 
     def loss(self) -> float:
         with torch.no_grad():
@@ -78,7 +80,10 @@ class HessianOperator:
         finally:
             for m in fast:
                 m.impl = "fast"
-        return torch.cat([a.reshape(-1) for a in acc])
+        out = torch.cat([a.reshape(-1) for a in acc])
+        if self.after_matvec is not None:
+            self.after_matvec()
+        return out
 
     def _accumulate(self, vs: list[torch.Tensor], acc: list[torch.Tensor]) -> None:
         for x, y in self.batches:
@@ -118,6 +123,17 @@ def top_eigenvalues(op: HessianOperator, k: int = 5, which: str = "LA", tol: flo
         # what converged within maxiter rather than run unbounded; callers see fewer than k values.
         vals = np.asarray(e.eigenvalues)
     return np.sort(vals)[::-1] if which != "SA" else np.sort(vals)
+
+
+def arpack_hvp_bounds(size: int, k: int, maxiter: int | None) -> tuple[int, int | None]:
+    """(fewest, most) HVPs one `top_eigenvalues` call can take; most is None without maxiter.
+
+    scipy's eigsh uses ncv = min(n, max(2k+1, 20)) Lanczos vectors: ARPACK first builds all ncv of them,
+    then each of at most maxiter restarts adds at most ncv - k.
+    """
+    k = min(k, size - 1)
+    ncv = min(size, max(2 * k + 1, 20))
+    return ncv, (ncv + maxiter * (ncv - k) if maxiter is not None else None)
 
 
 def lanczos(matvec: Callable[[np.ndarray], np.ndarray], v0: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:

@@ -114,13 +114,19 @@ def measure_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 
 def memory_sweep(build: Callable[[], nn.Module], batch_sizes, input_shape, num_classes: int,
-                 device="cpu", cap_bytes: float | None = None) -> list[dict]:
-    """One row per batch size; OOM (real, or above `cap_bytes` on CPU) is a row with bytes=None."""
+                 device="cpu", cap_bytes: float | None = None,
+                 progress: Callable[[int], None] | None = None) -> list[dict]:
+    """One row per batch size; OOM (real, or above `cap_bytes` on CPU) is a row with bytes=None.
+
+    `progress(batch_size)` is called after each batch size's row, skipped ones included.
+    """
     rows, over = [], False
     for bs in sorted(batch_sizes):
         row = {"batch_size": bs}
         if over:  # a smaller batch already exceeded the cap: larger ones would too
             rows.append(dict(row, bytes=None, oom="skipped: smaller batch over the cap"))
+            if progress is not None:
+                progress(bs)
             continue
         model = build().to(device)
         x = torch.randn(bs, *input_shape, device=device)
@@ -138,4 +144,6 @@ def memory_sweep(build: Callable[[], nn.Module], batch_sizes, input_shape, num_c
         if torch.device(device).type == "cuda":
             with torch.cuda.device(device):  # empty_cache acts on the current device
                 torch.cuda.empty_cache()
+        if progress is not None:
+            progress(bs)
     return rows

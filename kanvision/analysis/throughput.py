@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -12,8 +13,12 @@ from kanvision.device import synchronize
 
 
 def throughput(model: nn.Module, input_shape, num_classes: int, batch_size: int = 32, warmup: int = 2,
-               repeats: int = 5, device="cpu") -> dict[str, float | int | str]:
-    """images/s of one SGD training step (fwd + bwd + step) and of one no-grad forward (eval mode)."""
+               repeats: int = 5, device="cpu", progress: Callable[[str], None] | None = None
+               ) -> dict[str, float | int | str]:
+    """images/s of one SGD training step (fwd + bwd + step) and of one no-grad forward (eval mode).
+
+    `progress(detail)` is called after each of the 2 x (warmup + repeats) calls, outside the timed span.
+    """
     device = torch.device(device)
     model = model.to(device)
     x = torch.randn(batch_size, *input_shape, device=device)
@@ -41,6 +46,8 @@ def throughput(model: nn.Module, input_shape, num_classes: int, batch_size: int 
             synchronize(device)
             if r >= warmup:
                 times.append(time.perf_counter() - t0)
+            if progress is not None:
+                progress(f"{name} {'warm-up' if r < warmup else 'timed'} {r + 1}/{warmup + repeats}")
         out[f"{name}_images_per_s"] = batch_size / statistics.median(times)
     model.eval()
     return out
