@@ -13,10 +13,11 @@ from typing import Sequence
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Subset
 
 from .models._factory import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 from .resume import SeededAugment, SeededSampler
+from .synthetic import SyntheticImages
 
 __all__ = ["DataError", "ImageDataModule", "SyntheticImages"]
 
@@ -51,32 +52,6 @@ def unreadable_reason(path: str) -> str | None:
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, struct.error...) for bad files
         return f"{type(e).__name__}: {str(e)[:80]}" if str(e) else type(e).__name__
     return None
-
-
-class SyntheticImages(Dataset):
-    """Seeded random images with learnable structure: each class is a smooth random pattern plus noise.
-
-    Pixel values in [0, 1] like decoded images, so the same transforms apply. For tests, never a default.
-    """
-
-    def __init__(self, size: int, num_classes: int = 10, img_size: int = 32, seed: int = 0, split_seed: int = 0,
-                 noise: float = 0.15, transform=None):
-        g = torch.Generator().manual_seed(seed)
-        coarse = torch.rand(num_classes, 3, 4, 4, generator=g)  # shared by both splits: same classes
-        self.prototypes = torch.nn.functional.interpolate(coarse, size=(img_size, img_size), mode="bilinear",
-                                                          align_corners=False)
-        g = torch.Generator().manual_seed(seed * 7919 + split_seed + 1)
-        self.labels = torch.randint(0, num_classes, (size,), generator=g)
-        self.noise = torch.randn(size, 3, img_size, img_size, generator=g) * noise
-        self.transform = transform
-        self.classes = [f"class_{i}" for i in range(num_classes)]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        img = (self.prototypes[self.labels[i]] + self.noise[i]).clamp(0, 1)
-        return (self.transform(img) if self.transform else img), int(self.labels[i])
 
 
 class ImageDataModule(L.LightningDataModule):
