@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import Optional
 
 # name -> (module, function taking argv, one-line help)
 TOOLS = {
@@ -48,6 +49,10 @@ def _cli_class():
             parser.add_argument("--test_after_fit", type=bool, default=True,
                                 help="fit only: evaluate the test split once, on the best checkpoint (chosen on "
                                      "validation), after training")
+            parser.add_argument("--pretrained", type=Optional[str], default=None,
+                                help="validate/test only: start from shipped weights, a pretrained tag such as "
+                                     "kan_mixer_tiny_p4_32.cifar10_bspline (or an export directory); the model "
+                                     "options come from it, as with --ckpt_path")
 
         def _parse_ckpt_path(self):
             # Lightning replaces the model's config with the checkpoint's hyper-parameters, so a flag such as
@@ -58,6 +63,19 @@ def _cli_class():
             super()._parse_ckpt_path()
             if before is not None:
                 check_ckpt_contradictions(before, self.config[sub]["model"], self.config[sub].get("ckpt_path"))
+            self._pretrained = None
+            if sub and self.config[sub].get("pretrained"):
+                # As Lightning does for --ckpt_path: the weights' own model options replace the config's.
+                self._pretrained = read_pretrained(sub, self.config[sub])
+                _, config, source = self._pretrained
+                # The weights' normalization unless the data config sets one: an image folder's own would be
+                # measured on a sample, a little off the statistics the weights were trained with.
+                data = self.config[sub].get("data")
+                stats = {k: list(config["pretrained_cfg"][k]) for k in ("mean", "std")
+                         if data is not None and data.get(k) is None and config["pretrained_cfg"].get(k)}
+                self.config = self.parser.parse_object(
+                    {sub: {"model": pretrained_hparams(config), "data": stats}}, self.config)
+                check_ckpt_contradictions(before, self.config[sub]["model"], source, flag="--pretrained")
 
         def after_instantiate_classes(self):
             # Found here, before any step: these would otherwise surface as tracebacks from deep inside the
@@ -66,6 +84,8 @@ def _cli_class():
             check_input_size(self.model, self.datamodule)
             if sub and self.config[sub].get("ckpt_path"):
                 check_ckpt_classes(self.config[sub]["ckpt_path"], self.datamodule)
+            if getattr(self, "_pretrained", None):
+                load_pretrained_into(self.model, self.datamodule, *self._pretrained)
 
         def instantiate_trainer(self, **kwargs):
             # Rich progress bar by default, unless the config turns bars off or brings its own.
@@ -137,7 +157,7 @@ def _plain(value):
     return value.as_dict() if hasattr(value, "as_dict") else value
 
 
-def check_ckpt_contradictions(given, from_ckpt, ckpt_path) -> None:
+def check_ckpt_contradictions(given, from_ckpt, ckpt_path, flag: str = "--ckpt_path") -> None:
     """ConfigError when a model option set by a flag or config (not its default) differs from the checkpoint's."""
     import inspect
 
@@ -152,7 +172,7 @@ def check_ckpt_contradictions(given, from_ckpt, ckpt_path) -> None:
         if value != defaults[key] and value != _plain(ckpt_value):
             problems.append(f"--model.{key} {value!r} but the checkpoint has {key}={_plain(ckpt_value)!r}")
     if problems:
-        raise ConfigError(f"{'; '.join(problems)} ({ckpt_path}). With --ckpt_path the model is the checkpoint's: "
+        raise ConfigError(f"{'; '.join(problems)} ({ckpt_path}). With {flag} the model is the checkpoint's: "
                           "drop those --model options (or the config lines setting them), or give a checkpoint "
                           "trained with them")
 
@@ -189,17 +209,60 @@ def check_ckpt_classes(ckpt_path, datamodule) -> None:
         return  # Lightning's own load reports an unreadable file
     record = ckpt.get("kanvision") or {}
     n = record.get("num_classes") or (ckpt.get("hyper_parameters") or {}).get("num_classes")
-    trained = record.get("class_names")
+    check_classes(ckpt_path, n, record.get("class_names"), names)
+
+
+def check_classes(source, n, trained, names, flag: str = "--ckpt_path") -> None:
+    """ConfigError when weights trained on `n` classes named `trained` meet data of other classes."""
+    from .module import ConfigError
+
     if n is not None and n != len(names):
         seen = f" ({_short(trained)})" if trained else ""
-        raise ConfigError(f"{ckpt_path} was trained on {n} classes{seen} but the data has {len(names)} "
+        raise ConfigError(f"{source} was trained on {n} classes{seen} but the data has {len(names)} "
                           f"({_short(names)}): give the data it was trained on (--data.dataset / --data.root), "
-                          "or fine-tune from its weights instead of --ckpt_path")
+                          f"or fine-tune from its weights instead of {flag}")
     placeholder = list(names) == [str(i) for i in range(len(names))]  # CIFAR-100 names before its download
     if trained and not placeholder and list(trained) != list(names):
         diff = [f"{i}: {a} vs {b}" for i, (a, b) in enumerate(zip(trained, names)) if a != b]
-        raise ConfigError(f"{ckpt_path} was trained on other classes than the data has (index: checkpoint vs "
+        raise ConfigError(f"{source} was trained on other classes than the data has (index: checkpoint vs "
                           f"data: {_short(diff)}): give the data it was trained on (--data.dataset / --data.root)")
+
+
+def read_pretrained(subcommand: str, config) -> tuple:
+    """(state dict, export config, name) of --pretrained; ConfigError where the flag does not apply."""
+    from .module import ConfigError
+    from .pretrained import read_source
+
+    if subcommand not in ("validate", "test"):
+        raise ConfigError(f"--pretrained is for `kanvision validate` / `kanvision test`, not {subcommand}: "
+                          "fit trains from scratch (or resumes with --ckpt_path)")
+    if config.get("ckpt_path"):
+        raise ConfigError("give --pretrained or --ckpt_path, not both: each says where the weights come from")
+    return read_source(config["pretrained"])
+
+
+def pretrained_hparams(config: dict) -> dict:
+    """The ImageClassifier options an export's record fixes (num_classes comes from the data, checked on load)."""
+    import inspect
+
+    from .module import ImageClassifier
+
+    params = inspect.signature(ImageClassifier.__init__).parameters
+    record = config["kanvision"]
+    return {k: v for k, v in record.items() if k in params and k != "num_classes"}
+
+
+def load_pretrained_into(module, datamodule, state_dict, config, source) -> None:
+    """--pretrained's weights into the built model, after the same class check as --ckpt_path."""
+    from .checkpoints import check_finite, check_state_dict
+
+    names = getattr(datamodule, "class_names", None)
+    if names:
+        record = config["kanvision"]
+        check_classes(source, record.get("num_classes"), record.get("class_names"), names, flag="--pretrained")
+    check_state_dict(module.model, state_dict, source)
+    check_finite(state_dict, source)
+    module.model.load_state_dict(state_dict)
 
 
 def _short(items, n: int = 4) -> str:
@@ -258,6 +321,7 @@ def _drop_empty_run_dirs() -> None:
 
 def lightning_main(args: list[str]) -> None:
     """`kanvision fit|validate|test ...`: LightningCLI over ImageClassifier and ImageDataModule."""
+    from .checkpoints import CheckpointError
     from .data import DataError, ImageDataModule
     from .module import ConfigError, ImageClassifier
     from .runs import DivergedError, RunInterrupted
@@ -271,7 +335,7 @@ def lightning_main(args: list[str]) -> None:
             save_config_kwargs={"overwrite": True}, seed_everything_default=0,
             parser_kwargs={"description": "kanvision training (LightningCLI); see configs/ and the README"},
         )
-    except (DataError, ConfigError, DivergedError) as e:  # user input, not a bug: one line, no traceback
+    except (DataError, ConfigError, CheckpointError, DivergedError) as e:  # user input, not a bug: one line
         raise SystemExit(f"kanvision: error: {e}") from None
     except RunInterrupted as e:
         print(f"kanvision: {e}", file=sys.stderr)

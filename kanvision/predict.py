@@ -1,9 +1,11 @@
 """`kanvision predict CHECKPOINT IMAGE [IMAGE ...]`: top-k classes of image files.
 
-CHECKPOINT is an export directory (`kanvision export`), a model.safetensors beside its config.json, or a
-kanvision Lightning .ckpt. Each image is resized to the checkpoint's input size (whole image, no crop,
-as kanvision evaluates) and normalized with the checkpoint's mean/std. An unreadable image is reported by
-name and skipped; the others are still classified (exit status 1 if any image failed).
+CHECKPOINT is an export directory (`kanvision export`), a model.safetensors beside its config.json, a
+kanvision Lightning .ckpt, or a pretrained tag such as kan_mixer_tiny_p4_32.cifar10_bspline (the shipped
+weights in checkpoints/ or $KANVISION_CHECKPOINTS; an existing path of the same spelling wins). Each image
+is resized to the checkpoint's input size (whole image, no crop, as kanvision evaluates) and normalized with
+the checkpoint's mean/std. An unreadable image is reported by name and skipped; the others are still
+classified (exit status 1 if any image failed).
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoints import CheckpointError, load_pretrained
+from .checkpoints import CheckpointError
+from .pretrained import load
 
 __all__ = ["load_image", "main", "predict_images"]
 
@@ -76,7 +79,8 @@ def _table(results: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kanvision predict", description=__doc__.split("\n\n")[1])
-    parser.add_argument("checkpoint", help="export dir, model.safetensors (with config.json) or .ckpt")
+    parser.add_argument("checkpoint", help="export dir, model.safetensors (with config.json), .ckpt, or a "
+                                           "pretrained tag (timm.list_pretrained('kan_*'))")
     parser.add_argument("images", nargs="+", help="image files (any format PIL reads)")
     parser.add_argument("--topk", type=int, default=5)
     parser.add_argument("--device", default=None, help="e.g. cuda, cpu (default: cuda if available)")
@@ -88,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(2)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        model = load_pretrained(args.checkpoint, device=device)
+        model = load(args.checkpoint, device=device)
     except CheckpointError as e:
         print(f"kanvision predict: error: {e}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -13,6 +13,7 @@ from timm.layers import Mlp
 from timm.models import generate_default_cfgs, register_model
 from timm.models.mlp_mixer import MixerBlock, MlpMixer
 
+from ..pretrained import apply_tag, tag_cfgs, untagged_default
 from ._factory import KanSpec, build_kan_model, cifar_cfg
 
 __all__ = ["kan_mixer_block"]
@@ -40,8 +41,13 @@ def _block_layer(spec: KanSpec, embed_dim: int, token_mixing: bool):
     return partial(kan_mixer_block, channel_mlp=channel, token_mlp=token)
 
 
-def _create_kan_mixer(variant, pretrained=False, kan=None, kan_hidden=None, kan_kwargs=None,
-                      kan_token_mixing=False, match_params=None, **kwargs) -> MlpMixer:
+def _create_kan_mixer(variant, pretrained=False, **kwargs) -> MlpMixer:
+    # A pretrained tag (timm passes it as pretrained_cfg="cifar10_bspline") fixes kan= and the weights file.
+    return _build_kan_mixer(variant, pretrained, **apply_tag(variant, pretrained, kwargs))
+
+
+def _build_kan_mixer(variant, pretrained=False, kan=None, kan_hidden=None, kan_kwargs=None,
+                     kan_token_mixing=False, match_params=None, **kwargs) -> MlpMixer:
     spec = KanSpec.from_args(kan, kan_hidden, kan_kwargs, match_params)
     if kan_token_mixing and not (spec.is_kan or spec.match_params):
         raise ValueError("kan_token_mixing=True needs kan='bspline' or 'rswaf'")
@@ -54,11 +60,13 @@ def _create_kan_mixer(variant, pretrained=False, kan=None, kan_hidden=None, kan_
         block_layer=_block_layer(s, embed_dim, kan_token_mixing and s.is_kan)))
 
 
-default_cfgs = generate_default_cfgs({
-    "kan_mixer_tiny_p4_32": cifar_cfg(first_conv="stem.proj", classifier="head", fixed_input_size=True),
+_TINY = cifar_cfg(first_conv="stem.proj", classifier="head", fixed_input_size=True)
+default_cfgs = untagged_default(generate_default_cfgs({
+    "kan_mixer_tiny_p4_32": _TINY,
+    **tag_cfgs("kan_mixer_tiny_p4_32", _TINY),  # shipped weights: checkpoints/, see kanvision.pretrained
     "kan_mixer_small_p4_32": cifar_cfg(first_conv="stem.proj", classifier="head", fixed_input_size=True),
     "kan_mixer_base_p4_32": cifar_cfg(first_conv="stem.proj", classifier="head", fixed_input_size=True),
-})
+}))
 
 
 @register_model
