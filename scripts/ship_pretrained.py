@@ -21,7 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from kanvision.checkpoints import export
+from kanvision.checkpoints import export, load_pretrained
+from kanvision.cifar_jpeg import default_archive, score_test_subset
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASET = ("CIFAR-10, JPEG copy of the 50,000 training / 10,000 test images (../shared/data/cifar10-jpeg.tar.gz); "
@@ -129,6 +130,12 @@ def main() -> None:
         command=args.command, checkpoint=str(ckpt), tested=tested,
         commit=subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
     )
+    archive = default_archive()
+    if archive is None:
+        raise SystemExit("no CIFAR-10 JPEG archive for the fixed-subset check: set KANVISION_CIFAR10_JPEG")
+    # The fixed 500 test images (50 per class) that tests/test_pretrained_shipped.py re-scores from a clone.
+    entry["subset_check"] = dict(archive=archive.name, images="test/<class>/0000.jpg ... 0049.jpg",
+                                 **score_test_subset(load_pretrained(folder), archive, per_class=50))
     manifest_path = args.out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"entries": []}
     manifest["entries"] = [e for e in manifest["entries"] if e["tag"] != args.tag] + [entry]
