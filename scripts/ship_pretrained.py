@@ -82,7 +82,10 @@ def write_table(manifest: dict, path: Path) -> None:
         "in `configs/pretrained/cifar10_kan_mixer_tiny_p4_32.yaml`. The best epoch is chosen on 5,000 held-out",
         "training images (val); the 10,000 test images are scored once, on that epoch. `manifest.json` holds the",
         "same numbers (accuracies as fractions), the sha256 of each file and the exact command; written by",
-        "`scripts/ship_pretrained.py` from each run's own logs.",
+        "`scripts/ship_pretrained.py` from each run's own logs. images/s: the mean of the logged training rate;",
+        "wall: the training command's wall time on this project's 2-core CPU (the entry's `command` says what else",
+        "ran beside it). Train top-1 is the epoch's mean over augmented training batches, so the gap column",
+        "typically understates the gap to un-augmented training images.",
         "",
         "| tag | kan | params | epochs (best) | val top-1 | test top-1 | test top-5 | train top-1 (aug.) - val | images/s | wall |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -92,6 +95,10 @@ def write_table(manifest: dict, path: Path) -> None:
             f"| `{e['tag']}` | {e['kan']} | {e['params']:,} | {e['epochs']} ({e['best_epoch'] + 1}) | "
             f"{e['val_top1']:.2%} | {e['test_top1']:.2%} | {e['test_top5']:.2%} | "
             f"{e['train_val_gap']:+.2%} | {e['images_per_s']:.0f} | {e['wall_s'] / 60:.0f} min |")
+    from kanvision.pretrained import TAGS
+    missing = sorted(set(TAGS) - {e["tag"] for e in manifest["entries"]})
+    if missing:
+        lines += ["", "Registered but not trained yet (loading them says so): " + ", ".join(f"`{t}`" for t in missing) + "."]
     lines += ["", "Validation top-1 per epoch:", ""]
     for e in manifest["entries"]:
         lines.append(f"- `{e['tag']}`: " + ", ".join(f"{v:.1%}" for v in e["val_curve"]))
@@ -128,13 +135,13 @@ def main() -> None:
         train_val_gap=(c["train"][best_epoch] - c["val"][best_epoch][0]) if best_epoch in c["train"] else math.nan,
         val_curve=[c["val"][e][0] for e in sorted(c["val"])], images_per_s=c["images_per_s"], wall_s=args.wall_s,
         command=args.command, checkpoint=str(ckpt), tested=tested,
-        commit=subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        shipped_at_commit=subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
     )
     archive = default_archive()
     if archive is None:
         raise SystemExit("no CIFAR-10 JPEG archive for the fixed-subset check: set KANVISION_CIFAR10_JPEG")
     # The fixed 500 test images (50 per class) that tests/test_pretrained_shipped.py re-scores from a clone.
-    entry["subset_check"] = dict(archive=archive.name, images="test/<class>/0000.jpg ... 0049.jpg",
+    entry["subset_check"] = dict(archive=archive.name, files="test/<class>/0000.jpg ... 0049.jpg",
                                  **score_test_subset(load_pretrained(folder), archive, per_class=50))
     manifest_path = args.out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"entries": []}
