@@ -73,6 +73,27 @@ def best_checkpoint(run: Path, best_epoch: int) -> Path:
     return found[0]
 
 
+def table_rows(manifest: dict) -> list[str]:
+    rows = ["| tag | kan | params | epochs (best) | val top-1 | test top-1 | test top-5 | train top-1 (aug.) - val | images/s | wall |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for e in manifest["entries"]:
+        rows.append(
+            f"| `{e['tag']}` | {e['kan']} | {e['params']:,} | {e['epochs']} ({e['best_epoch'] + 1}) | "
+            f"{e['val_top1']:.2%} | {e['test_top1']:.2%} | {e['test_top5']:.2%} | "
+            f"{e['train_val_gap']:+.2%} | {e['images_per_s']:.0f} | {e['wall_s'] / 60:.0f} min |")
+    return rows
+
+
+def write_readme_table(manifest: dict, readme: Path) -> None:
+    """The same table in the main README's model-zoo section, between its pretrained-table markers."""
+    start, end = "<!-- pretrained-table -->", "<!-- /pretrained-table -->"
+    text = readme.read_text()
+    if start not in text or end not in text:
+        raise SystemExit(f"{readme}: no {start} ... {end} block for the table")
+    head, rest = text.split(start, 1)
+    readme.write_text(head + start + "\n" + "\n".join(table_rows(manifest)) + "\n" + end + rest.split(end, 1)[1])
+
+
 def write_table(manifest: dict, path: Path) -> None:
     lines = [
         "# Pretrained weights",
@@ -87,14 +108,8 @@ def write_table(manifest: dict, path: Path) -> None:
         "ran beside it). Train top-1 is the epoch's mean over augmented training batches, so the gap column",
         "typically understates the gap to un-augmented training images.",
         "",
-        "| tag | kan | params | epochs (best) | val top-1 | test top-1 | test top-5 | train top-1 (aug.) - val | images/s | wall |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        *table_rows(manifest),
     ]
-    for e in manifest["entries"]:
-        lines.append(
-            f"| `{e['tag']}` | {e['kan']} | {e['params']:,} | {e['epochs']} ({e['best_epoch'] + 1}) | "
-            f"{e['val_top1']:.2%} | {e['test_top1']:.2%} | {e['test_top5']:.2%} | "
-            f"{e['train_val_gap']:+.2%} | {e['images_per_s']:.0f} | {e['wall_s'] / 60:.0f} min |")
     from kanvision.pretrained import TAGS
     missing = sorted(set(TAGS) - {e["tag"] for e in manifest["entries"]})
     if missing:
@@ -149,6 +164,7 @@ def main() -> None:
     manifest["entries"].sort(key=lambda e: e["tag"])
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     write_table(manifest, args.out / "README.md")
+    write_readme_table(manifest, ROOT / "README.md")
     print(json.dumps({k: v for k, v in entry.items() if k not in ("dataset",)}, indent=2))
 
 
