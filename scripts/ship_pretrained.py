@@ -113,7 +113,8 @@ def write_table(manifest: dict, path: Path) -> None:
     from kanvision.pretrained import TAGS
     missing = sorted(set(TAGS) - {e["tag"] for e in manifest["entries"]})
     if missing:
-        lines += ["", "Registered but not trained yet (loading them says so): " + ", ".join(f"`{t}`" for t in missing) + "."]
+        lines += ["", "Registered but not trained yet (loading them says so): " + ", ".join(f"`{t}`" for t in missing)
+                  + ". `bash scripts/train_pretrained.sh` trains and ships them one at a time, resuming where it stopped."]
     lines += ["", "Validation top-1 per epoch:", ""]
     for e in manifest["entries"]:
         lines.append(f"- `{e['tag']}`: " + ", ".join(f"{v:.1%}" for v in e["val_curve"]))

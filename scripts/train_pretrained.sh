@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Train and ship the pretrained kan_mixer_tiny_p4_32 CIFAR-10 weights, one model at a time, resumably.
+#
+#   nohup bash scripts/train_pretrained.sh > ~/kanvision-runs/train_pretrained.log 2>&1 &
+#   DRY_RUN=1 bash scripts/train_pretrained.sh      # print what it would run
+#
+# For each tag not yet in checkpoints/manifest.json: `kanvision fit` with the one recipe
+# (configs/pretrained/cifar10_kan_mixer_tiny_p4_32.yaml) in $RUNS/runs/<name>/version_N, resumed from the newest
+# interrupted-step*.ckpt or last.ckpt of that name when one exists (exact resume), then scripts/ship_pretrained.py
+# (export, manifest entry, tables). Stop it with one SIGTERM/Ctrl-C to the fit: it saves and the next start
+# resumes. Data: $DATA/{train,test}, unpacked from ../shared/data/cifar10-jpeg.tar.gz when absent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+RUNS=${RUNS:-$HOME/kanvision-runs}
+DATA=${DATA:-$HOME/data}
+KV=${KV:-$REPO/.venv/bin/kanvision}
+PY=${PY:-$REPO/.venv/bin/python}
+RECIPE=configs/pretrained/cifar10_kan_mixer_tiny_p4_32.yaml
+run() { if [ -n "${DRY_RUN:-}" ]; then printf '%q ' "$@"; echo; else "$@"; fi; }
+
+if [ ! -d "$DATA/train" ] || [ ! -d "$DATA/test" ]; then
+  archive=${KANVISION_CIFAR10_JPEG:-$REPO/../shared/data/cifar10-jpeg.tar.gz}
+  [ -f "$archive" ] || { echo "train_pretrained: no $DATA/train and no archive $archive to unpack" >&2; exit 1; }
+  run mkdir -p "$DATA"
+  run tar -xzf "$archive" -C "$DATA"
+fi
+mkdir -p "$RUNS"
+
+# tag suffix : --model.kan : match_params (empty: none)
+for spec in "none:none:" "bspline:bspline:" "rswaf:rswaf:" "none_match_bspline:none:bspline"; do
+  IFS=: read -r suffix kan match <<<"$spec"
+  tag=kan_mixer_tiny_p4_32.cifar10_$suffix
+  name=cifar10_$suffix
+  if "$PY" - "$tag" <<'EOF'
+import json, sys
+from pathlib import Path
+m = Path("checkpoints/manifest.json")
+sys.exit(0 if m.is_file() and any(e["tag"] == sys.argv[1] for e in json.loads(m.read_text())["entries"]) else 1)
+EOF
+  then echo "=== $tag: shipped already"; continue; fi
+
+  args=(fit --config configs/trainer/cpu.yaml --config "$RECIPE" --model.kan "$kan" --name "$name"
+        --trainer.default_root_dir "$RUNS/runs" --data.root "$DATA" --trainer.enable_progress_bar false)
+  [ -n "$match" ] && args+=(--model.model_kwargs "{\"match_params\": \"$match\"}")
+  resume=$(ls -t "$RUNS/runs/$name"/version_*/checkpoints/interrupted-step*.ckpt \
+               "$RUNS/runs/$name"/version_*/checkpoints/last.ckpt 2>/dev/null | head -1 || true)
+  [ -n "$resume" ] && args+=(--ckpt_path "$resume")
+  echo "=== $(date -u +%FT%TZ) $tag: ${resume:+resuming from $resume}"
+  prev=$(cat "$RUNS/runs/$name/wall_s" 2>/dev/null || echo 0)
+  start=$(date +%s)
+  rc=0
+  run "$KV" "${args[@]}" || rc=$?
+  wall=$(( prev + $(date +%s) - start ))  # summed over the segments of a resumed run
+  if [ -z "${DRY_RUN:-}" ]; then mkdir -p "$RUNS/runs/$name" && echo "$wall" > "$RUNS/runs/$name/wall_s"; fi
+  if [ "$rc" -ne 0 ]; then echo "=== $tag: fit stopped (exit $rc); run this script again to resume" >&2; exit "$rc"; fi
+  # The run's directory: the one resumed into, else the one this fit created (the newest).
+  run_dir=$(ls -d "$RUNS/runs/$name"/version_* 2>/dev/null | sort -V | tail -1 || true)
+  [ -n "$resume" ] && run_dir=$(dirname "$(dirname "$resume")")
+  run_dir=${run_dir:-$RUNS/runs/$name/version_0}
+  run "$PY" scripts/ship_pretrained.py "$run_dir" --tag "$tag" --wall-s "$wall" \
+      --command "kanvision ${args[*]} (scripts/train_pretrained.sh at $(git rev-parse --short HEAD); wall time summed over resumes)"
+done
