@@ -116,13 +116,18 @@ def _cli_class():
             if self._get(self.config, "test_after_fit") and not self.trainer.fast_dev_run:
                 self._test_chosen()
 
+        def _best_checkpoint(self) -> str:
+            """The monitored ModelCheckpoint's best file ("" if none): not the newest-epoch callback's, whose
+            "best" is just its latest file."""
+            monitored = [c for c in self.trainer.checkpoint_callbacks if getattr(c, "monitor", None)]
+            return monitored[0].best_model_path if monitored else ""
+
         def _test_chosen(self):
             """The test split, once, on the checkpoint validation chose (the last weights if none was saved)."""
             if not getattr(self.datamodule, "has_test_split", lambda: True)():
                 print(f"no test split under {getattr(self.datamodule, 'root', '?')}: the test set was not evaluated")
                 return
-            monitored = [c for c in self.trainer.checkpoint_callbacks if getattr(c, "monitor", None)]
-            best = monitored[0].best_model_path if monitored else ""
+            best = self._best_checkpoint()
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False)
             self._report("test")
             m = self.trainer.callback_metrics
@@ -144,9 +149,7 @@ def _cli_class():
             m = self.trainer.callback_metrics
             log_dir = self.trainer.log_dir  # a collective under DDP (broadcast): every rank must ask
             if f"{stage}/acc1" in m and self.trainer.is_global_zero:
-                # The monitored ModelCheckpoint, not the newest-epoch one (its "best" is just the latest file).
-                monitored = [c for c in self.trainer.checkpoint_callbacks if getattr(c, "monitor", None)]
-                ckpt = (monitored[0].best_model_path if monitored else "") or "-"
+                ckpt = self._best_checkpoint() or "-"
                 print(f"{stage}: top-1 {float(m[f'{stage}/acc1']):.4f}  top-5 {float(m[f'{stage}/acc5']):.4f}  "
                       f"(log dir {log_dir}; best checkpoint {ckpt})")
 
