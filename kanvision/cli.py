@@ -328,6 +328,7 @@ def lightning_main(args: list[str]) -> None:
     from .data import DataError, ImageDataModule
     from .module import ConfigError, ImageClassifier
     from .runs import DivergedError, RunInterrupted
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     # From the shell args is sys.argv[1:]: LightningCLI then reads sys.argv itself, since given both it warns
     # (printing the whole command line twice) on every command, --help included.
@@ -343,6 +344,13 @@ def lightning_main(args: list[str]) -> None:
     except RunInterrupted as e:
         print(f"kanvision: {e}", file=sys.stderr)
         raise SystemExit(130) from None
+    except SIGTERMException:
+        # Lightning raises SystemExit() for a SIGTERM outside a training step (after the last one, or a second
+        # signal): exit status 0 would tell a scheduler the job succeeded.
+        print("kanvision: stopped by SIGTERM outside a training step (final validation or the after-fit test); "
+              "the checkpoints saved so far are kept in the run directory: resume with --ckpt_path <run>/"
+              "checkpoints/last.ckpt, or score the best one with `kanvision test --ckpt_path ...`", file=sys.stderr)
+        raise SystemExit(143) from None
     finally:
         _drop_empty_run_dirs()
     _close_process_group()

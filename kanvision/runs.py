@@ -251,7 +251,10 @@ class RunStatus(L.Callback):
         run_dir = getattr(logger, "log_dir", None) or logger.save_dir
         if not run_dir:
             return
-        if isinstance(exception, KeyboardInterrupt):
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+        # SIGTERMException: Lightning's own handler took a SIGTERM that came outside our window (after the last
+        # training step, e.g. during the final validation): the run was stopped, not broken.
+        if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
             write_status(run_dir, status="interrupted", step=trainer.global_step, epoch=trainer.current_epoch)
         else:
             first = (str(exception).splitlines() or [""])[0]

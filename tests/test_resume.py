@@ -158,3 +158,29 @@ def test_resume_from_the_epoch_end_checkpoint(tmp_path):
 class StopAfterEpoch(L.Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         trainer.should_stop = True
+
+
+def test_sigterm_outside_a_step_is_not_exit_0(monkeypatch, tmp_path, capsys):
+    """Lightning answers a SIGTERM after the last training step with SystemExit() (status 0): a scheduler would
+    read a killed job as a success. The CLI turns it into 143 and the run's status into "interrupted"."""
+    import json
+    from types import SimpleNamespace
+
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from kanvision import cli
+    from kanvision.runs import RunStatus
+
+    def raise_sigterm(*a, **k):
+        raise SIGTERMException()
+    monkeypatch.setattr(cli, "_cli_class", lambda: raise_sigterm)
+    with pytest.raises(SystemExit) as e:
+        cli.lightning_main(["fit"])
+    assert e.value.code == 143
+    assert "SIGTERM" in capsys.readouterr().err
+
+    trainer = SimpleNamespace(state=SimpleNamespace(fn="fit"), is_global_zero=True, fast_dev_run=False,
+                              loggers=[SimpleNamespace(log_dir=str(tmp_path), save_dir=str(tmp_path))],
+                              global_step=6, current_epoch=2)
+    RunStatus().on_exception(trainer, None, SIGTERMException())
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "interrupted"
