@@ -74,13 +74,14 @@ def best_checkpoint(run: Path, best_epoch: int) -> Path:
 
 
 def table_rows(manifest: dict) -> list[str]:
-    rows = ["| tag | kan | params | epochs (best) | val top-1 | test top-1 | test top-5 | train top-1 (aug.) - val | images/s | wall |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| tag | kan | params | epochs (best) | val top-1 | test top-1 | test top-5 | train top-1 (aug.) - val | "
+            "trained on | images/s | wall |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in manifest["entries"]:
         rows.append(
             f"| `{e['tag']}` | {e['kan']} | {e['params']:,} | {e['epochs']} ({e['best_epoch'] + 1}) | "
             f"{e['val_top1']:.2%} | {e['test_top1']:.2%} | {e['test_top5']:.2%} | "
-            f"{e['train_val_gap']:+.2%} | {e['images_per_s']:.0f} | {e['wall_s'] / 60:.0f} min |")
+            f"{e['train_val_gap']:+.2%} | {e['trained_on']} | {e['images_per_s']:.0f} | {e['wall_s'] / 60:.0f} min |")
     return rows
 
 
@@ -104,8 +105,8 @@ def write_table(manifest: dict, path: Path) -> None:
         "training images (val); the 10,000 test images are scored once, on that epoch. `manifest.json` holds the",
         "same numbers (accuracies as fractions), the sha256 of each file and the exact command; written by",
         "`scripts/ship_pretrained.py` from each run's own logs. images/s: the mean of the logged training rate;",
-        "wall: the training command's wall time on this project's 2-core CPU (the entry's `command` says what else",
-        "ran beside it). Train top-1 is the epoch's mean over augmented training batches, so the gap column",
+        "wall: the training command's wall time, both on the machine in 'trained on' (the entry's `command` says what",
+        "else ran beside it), in float32 on either. Train top-1 is the epoch's mean over augmented training batches, so the gap column",
         "typically understates the gap to un-augmented training images.",
         "",
         *table_rows(manifest),
@@ -129,6 +130,8 @@ def main() -> None:
     p.add_argument("--wall-s", type=float, required=True, help="wall time of the training command, seconds")
     p.add_argument("--command", required=True, help="the exact training command")
     p.add_argument("--test-metrics", type=Path, help="metrics.csv of a separate `kanvision test` run")
+    p.add_argument("--trained-on", required=True,
+                   help="the machine, and what shared it, e.g. '2-core CPU' or 'NVIDIA H100 80GB HBM3 (3 runs at once)'")
     p.add_argument("--out", type=Path, default=ROOT / "checkpoints")
     args = p.parse_args()
 
@@ -150,7 +153,7 @@ def main() -> None:
         epochs=epochs, best_epoch=best_epoch, train_top1_augmented=c["train"].get(best_epoch),
         train_val_gap=(c["train"][best_epoch] - c["val"][best_epoch][0]) if best_epoch in c["train"] else math.nan,
         val_curve=[c["val"][e][0] for e in sorted(c["val"])], images_per_s=c["images_per_s"], wall_s=args.wall_s,
-        command=args.command, checkpoint=str(ckpt), tested=tested,
+        command=args.command, trained_on=args.trained_on, checkpoint=str(ckpt), tested=tested,
         shipped_at_commit=subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
     )
     archive = default_archive()

@@ -58,6 +58,6 @@ EOF
   run_dir=$(ls -d "$RUNS/runs/$name"/version_* 2>/dev/null | sort -V | tail -1 || true)
   [ -n "$resume" ] && run_dir=$(dirname "$(dirname "$resume")")
   run_dir=${run_dir:-$RUNS/runs/$name/version_0}
-  run "$PY" scripts/ship_pretrained.py "$run_dir" --tag "$tag" --wall-s "$wall" \
+  run "$PY" scripts/ship_pretrained.py "$run_dir" --tag "$tag" --wall-s "$wall" --trained-on "${TRAINED_ON:-$(nproc)-core CPU}" \
       --command "kanvision ${args[*]} (scripts/train_pretrained.sh at $(git rev-parse --short HEAD); wall time summed over resumes)"
 done
