@@ -131,7 +131,9 @@ class BSplineKANFunction(torch.autograd.Function):
             else:  # eager: the layer's cached spec holds them; only batch-sized x is saved beside the weights
                 ctx.save_for_backward(x, base_weight, spline_weight, spline_scaler)
             ctx.cfg = (order, uniform, act, compile, spec, module, cdtype)
-            return torch.mm(feats.view(x.size(0), -1), weight.t())
+            # reshape, not view: traced / meta features follow x's strides, and a (rows, in) view of a channels-last
+            # tensor (ConvMixer on one image) is not contiguous; the scratch and eager features always are.
+            return torch.mm(feats.reshape(x.size(0), -1), weight.t())
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -153,7 +155,7 @@ class BSplineKANFunction(torch.autograd.Function):
             gx = gbw = gsw = gsc = None
             feats, slot_major = features(x, ta, tb, order, uniform, act, compile, spec, module, cdtype)
             if need[1] or need[2] or need[3]:
-                gw = torch.mm(grad_out.t(), feats.view(n, -1)).to(base_weight.dtype)
+                gw = torch.mm(grad_out.t(), feats.reshape(n, -1)).to(base_weight.dtype)
                 gw = gw.view(base_weight.size(0), -1, n_in).transpose(1, 2) if slot_major else \
                     gw.view(base_weight.size(0), n_in, -1)  # (out, in, 1 + G + k) either way
                 gbw = gw[..., 0] if need[1] else None
