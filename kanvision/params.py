@@ -1,38 +1,109 @@
-"""`kanvision params`: markdown table of the zoo's parameter counts and matmul FLOPs per image.
+"""`kanvision params`: markdown table of the zoo's parameter counts and FLOPs per image.
 
-Models are built on the meta device (no memory, no init), so the full zoo takes about a second.
-FLOPs come from torch's FlopCounterMode over one forward pass at the model's default input size: they
-count matrix multiplications, convolutions and attention (2 FLOPs per multiply-add) and NOT elementwise
-work such as evaluating KAN bases, so for KAN models they are a lower bound.
+Models are built on the meta device (no memory, no init), so the full zoo takes seconds. Two FLOP counts per
+model, one forward pass of one image at the model's default input size:
+
+- **matmul** (GFLOPs matmul+conv): torch's FlopCounterMode, i.e. matrix products, convolutions and attention,
+  2 FLOPs per multiply-add, biases not counted. A B-spline KAN layer in -> out on N rows is one product of
+  the (N, in * (G + k + 1)) features [SiLU(x), B_0(x), ..., B_{G+k-1}(x)] with the combined weight:
+  2 N in out (G + k + 1) (base branch included: the "+1"). An RSWAF layer: 2 N in out num_grids.
+- **basis** (GFLOPs basis): the per-row elementwise work that builds the KAN bases, counted analytically by
+  `basis_flops_per_input` for every input value of every KAN layer (rows x in_features values per call).
+  Neither count includes activations (SiLU base branch, the MLP's GELU), norms (RSWAF's LayerNorm, the
+  blocks' norms), softmax or residual adds: the MLP rows do not count theirs either.
+
+Counting convention for the basis (one FLOP per add, subtract, multiply, divide, comparison or tanh):
+
+- B-spline, order k, G grid intervals, by the Cox-de Boor recursion as efficient-kan evaluates it on the
+  G + 2k + 1 extended knots t_i:
+  order 0: G + 2k indicators B_{i,0}(x) = [t_i <= x < t_{i+1}], 2 comparisons each (the AND is free);
+  order p = 1..k: G + 2k - p bases B_{i,p} = (x - t_i) / (t_{i+p} - t_i) B_{i,p-1}
+  + (t_{i+p+1} - x) / (t_{i+p+1} - t_{i+1}) B_{i+1,p-1}, each 7 FLOPs (2 subtractions involving x, 2 divisions
+  by knot differences, 2 multiplications, 1 addition; the knot differences depend on the layer only and are
+  not counted per row). Per input value:
+      C(G, k) = 2 (G + 2k) + 7 sum_{p=1..k} (G + 2k - p) = 2 (G + 2k) + 7 (k (G + 2k) - k (k + 1) / 2),
+  211 for the default G = 5, k = 3. This is the dense recursion over all G + k bases; our kernels compute
+  each basis from its own knots or (uniform knots) only the k + 1 non-zero ones, so this is the cost of the
+  published algorithm, not a measurement of ours.
+- RSWAF with num_grids centres u_j: b_j(u) = 1 - tanh((u - u_j) / h)^2 costs 5 FLOPs per centre (subtract,
+  divide by h, tanh, square, subtract from 1): 5 num_grids per input value (40 for the default 8).
 """
 from __future__ import annotations
 
 import argparse
 import fnmatch
+import sys
 
 import timm
 import torch
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .layers.bspline import BSplineKAN
 from .layers.kan_mlp import KAN_KINDS
+from .layers.rswaf import RSWAFKAN
 from .models import count_parameters
 
-__all__ = ["main", "zoo_rows"]
+__all__ = ["basis_flops_per_input", "bspline_basis_flops", "count_flops", "main", "rswaf_basis_flops", "zoo_rows"]
 
 
-def _flops(model: torch.nn.Module) -> int | None:
-    x = torch.empty(1, *model.pretrained_cfg["input_size"], device="meta")
+def bspline_basis_flops(grid_size: int, spline_order: int) -> int:
+    """FLOPs of the Cox-de Boor recursion for one input value (see the module docstring)."""
+    g, k = int(grid_size), int(spline_order)
+    order0 = 2 * (g + 2 * k)
+    higher = 7 * sum(g + 2 * k - p for p in range(1, k + 1))
+    return order0 + higher
+
+
+def rswaf_basis_flops(num_grids: int) -> int:
+    """FLOPs of 1 - tanh((u - u_j) / h)^2 over all centres for one input value: 5 per centre."""
+    return 5 * int(num_grids)
+
+
+def basis_flops_per_input(layer: nn.Module) -> int:
+    if isinstance(layer, BSplineKAN):
+        return bspline_basis_flops(layer.grid_size, layer.spline_order)
+    if isinstance(layer, RSWAFKAN):
+        return rswaf_basis_flops(layer.num_grids)
+    raise TypeError(f"not a KAN layer: {type(layer).__name__}")
+
+
+def count_flops(model: nn.Module, *inputs: torch.Tensor) -> dict[str, int]:
+    """{"matmul": FlopCounterMode's total, "basis": KAN basis FLOPs} of one forward pass `model(*inputs)`.
+
+    Run it on meta tensors (as `kanvision params` does) or real ones; compiled KAN kernels are not seen by
+    FlopCounterMode, but the matrix products are outside them and the basis is counted from the shapes.
+    """
+    basis = [0]
+
+    def hook(mod, args, _out):
+        x = args[0]
+        basis[0] += x.numel() * basis_flops_per_input(mod)  # rows x in_features input values
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (BSplineKAN, RSWAFKAN))]
     counter = FlopCounterMode(display=False)
     try:
         with counter, torch.no_grad():
-            model.eval()(x)
-    except Exception:  # an op without a meta kernel: say "n/a" rather than guess
+            model(*inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {"matmul": int(counter.get_total_flops()), "basis": int(basis[0])}
+
+
+def _flops(model: torch.nn.Module) -> dict[str, int] | None:
+    x = torch.empty(1, *model.pretrained_cfg["input_size"], device="meta")
+    try:
+        return count_flops(model.eval(), x)
+    except Exception as e:  # an op without a meta kernel: say "n/a" (and why, on stderr) rather than guess
+        print(f"kanvision params: FLOPs of {type(model).__name__} not counted: {type(e).__name__}: "
+              f"{str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)
         return None
-    return counter.get_total_flops()
 
 
 def zoo_rows(models: list[str], kinds: list[str], num_classes: int | None = None, kan_hidden: int | None = None,
              flops: bool = True) -> list[dict]:
+    """One dict per (model, kind): params, kan_params, flops (matmul+conv) and basis_flops (None if skipped)."""
     rows = []
     for name in models:
         for kind in kinds:
@@ -42,17 +113,21 @@ def zoo_rows(models: list[str], kinds: list[str], num_classes: int | None = None
             with torch.device("meta"):
                 model = timm.create_model(name, kan=kind, **kwargs)
             counts = count_parameters(model)
+            f = _flops(model) if flops else None
             rows.append(dict(model=name, kind=kind, kan_hidden=kwargs.get("kan_hidden"), params=counts["trainable"],
-                             kan_params=counts["kan"], flops=_flops(model) if flops else None))
+                             kan_params=counts["kan"], flops=None if f is None else f["matmul"],
+                             basis_flops=None if f is None else f["basis"]))
     return rows
 
 
 def to_markdown(rows: list[dict]) -> str:
-    lines = ["| model | kan | params | in KAN layers | GFLOPs/image (matmul+conv) |", "|---|---|---:|---:|---:|"]
+    lines = ["| model | kan | params | in KAN layers | GFLOPs/image (matmul+conv) | GFLOPs/image (KAN basis) |",
+             "|---|---|---:|---:|---:|---:|"]
     for r in rows:
         kind = r["kind"] if r["kan_hidden"] is None else f"{r['kind']} (hidden {r['kan_hidden']})"
         gflops = "n/a" if r["flops"] is None else f"{r['flops'] / 1e9:.2f}"
-        lines.append(f"| {r['model']} | {kind} | {r['params']:,} | {r['kan_params']:,} | {gflops} |")
+        basis = "n/a" if r.get("basis_flops") is None else f"{r['basis_flops'] / 1e9:.2f}"
+        lines.append(f"| {r['model']} | {kind} | {r['params']:,} | {r['kan_params']:,} | {gflops} | {basis} |")
     return "\n".join(lines)
 
 
