@@ -223,8 +223,9 @@ def memory_main(args) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "memory.json").write_text(json.dumps({"settings": _settings(args), "rows": rows}, indent=1, default=str))
     mb = lambda b: "OOM" if b is None else f"{b / 2**20:.1f}"  # noqa: E731
-    lines = [f"method: {rows[0].get('method', 'see memory.py')}; MiB", "",
-             "| model | batch | measured | KAN fwd est. | KAN bwd est. | KAN params |", "|---|---|---|---|---|---|"]
+    lines = [f"method: {rows[0].get('method', 'see memory.py')}; MiB",
+             "estimates: kanvision.analysis.memory.kan_layer_estimate, our per-layer count (not the paper's Eq. (1))", "",
+             "| model | batch | measured | KAN fwd est. (ours) | KAN bwd est. (ours) | KAN params |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['batch_size']} | {mb(r['bytes'])} | {mb(r.get('estimate_forward_bytes'))} | "
               f"{mb(r.get('estimate_backward_bytes'))} | {mb(r.get('estimate_kan_param_bytes'))} |" for r in rows]
     (out / "memory.md").write_text("\n".join(lines) + "\n")

@@ -10,10 +10,12 @@ Measurement:
   measured lower bound on the step's peak: transient memory freed inside an op is not seen. The method
   is returned with every result.
 
-Analytic estimate (per KAN layer with I inputs, B rows, grid size G, spline order S): forward keeps
-I(1+G+S)B elements, backward needs I(G+S-1)B more; both in elements, converted to bytes with the
-parameter dtype's size. RSWAF layers are estimated with G = num_grids, S = 0 (one basis value per
-centre, no recursion). This is the paper's counting, not a property of our implementation.
+Analytic estimate (`kan_layer_estimate`, ours): per KAN layer with I inputs, B rows, grid size G, spline
+order S, forward I(1+G+S)B and backward I(G+S-1)B elements, converted to bytes with the parameter dtype's size;
+RSWAF layers with G = num_grids, S = 0. This was written as "the limitations paper's counting", but it is NOT the
+paper's Eq. (1): an audit (issue 14) found that its backward term lacks the paper's -O*B, it has no parameter
+term, Eq. (2) is absent and the RSWAF variant is our addition. It is kept, under this label, because the
+recorded tables in docs/results.md were computed with it. For the paper's own equations see `paper_estimate`.
 """
 from __future__ import annotations
 
@@ -26,11 +28,31 @@ from torch import nn
 from kanvision.device import synchronize
 from kanvision.layers.workspace import release_scratch, scratch_bytes
 
-__all__ = ["kan_layer_estimate", "analytic_estimate", "measure_step", "memory_sweep"]
+__all__ = ["kan_layer_estimate", "analytic_estimate", "paper_estimate", "measure_step", "memory_sweep"]
+
+
+PAPER = ('Avik Pal and Dipankar Das, "Understanding the Limitations of B-Spline KANs: Convergence Dynamics and '
+         'Computational Efficiency", NeurIPS 2024 Workshop on Scientific Methods for Understanding Deep Learning')
+
+
+def paper_estimate(in_features: int, out_features: int, rows: int, grid_size: int, spline_order: int) -> dict[str, int]:
+    """Eq. (1) and Eq. (2) of Pal & Das (`PAPER`), in elements: forward, reverse, parameters, total.
+
+    NOT IMPLEMENTED, on purpose. The paper's text was not available where this was written: searches of the
+    stored arXiv/web pages and documentation (title, authors, "memory" / "forward" / "reverse" with the layer's
+    symbols) found only a citation of it (in arXiv:2503.10632's references), not its equations. What is known
+    second-hand (issue 14: Eq. (1)'s reverse term contains a -O*B, the paper has a parameter term and an Eq. (2))
+    is not enough to write the equations exactly, and a guessed formula would be tested against itself.
+    Raises NotImplementedError until the equations are copied from the paper (then test them against values
+    worked by hand from the paper's own definitions of I, O, B, G, S).
+    """
+    raise NotImplementedError(
+        "paper_estimate: Eq. (1)/(2) of " + PAPER + " were not available to implement exactly; "
+        "kan_layer_estimate is our own (different) count. Copy the equations from the paper to implement this.")
 
 
 def kan_layer_estimate(in_features: int, rows: int, grid_size: int, spline_order: int) -> dict[str, int]:
-    """Extra elements of one KAN layer: forward I(1+G+S)B, backward I(G+S-1)B."""
+    """Our per-layer count, NOT the paper's Eq. (1) (module docstring): forward I(1+G+S)B, backward I(G+S-1)B."""
     I, B, G, S = in_features, rows, grid_size, spline_order
     return {"forward": I * (1 + G + S) * B, "backward": I * (G + S - 1) * B}
 
