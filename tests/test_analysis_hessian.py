@@ -76,7 +76,61 @@ def test_large_counts(setup):
     c = large_eigenvalue_counts(thr, op.size, runs=slq(op, steps=op.size, probes=3), top=top, bottom=bottom)
     assert c["positive_topk"] == min(5, int((exact > thr).sum()))
     assert c["negative_topk"] == min(5, int((exact < -thr).sum()))
-    assert c["positive_slq"] >= 0
+
+
+# A loss whose Hessian is known exactly: L(theta) = 1/2 theta^T A theta with A = Q diag(lam) Q^T, Q a seeded
+# random rotation. lam: three isolated large eigenvalues, two negative ones, and a bulk of 35 in [-0.5, 0.5].
+LAM = np.concatenate([[50.0, 20.0, 10.0], [-8.0, -3.0], np.linspace(-0.5, 0.5, 35)])
+
+
+class _Theta(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.theta = nn.Parameter(torch.randn(d, dtype=torch.float64))
+
+    def forward(self, x):
+        return self.theta
+
+
+@pytest.fixture(scope="module")
+def quadratic():
+    d = LAM.size
+    q, _ = np.linalg.qr(np.random.default_rng(3).standard_normal((d, d)))
+    A = torch.from_numpy(q @ np.diag(LAM) @ q.T)
+    op = HessianOperator(_Theta(d), [(torch.zeros(1), torch.zeros(1))], loss_fn=lambda t, _y: 0.5 * t @ A @ t)
+    return op
+
+
+def test_quadratic_top_k_are_the_known_eigenvalues(quadratic):
+    np.testing.assert_allclose(top_eigenvalues(quadratic, k=3, which="LA", tol=1e-12), [50, 20, 10], rtol=1e-9)
+    np.testing.assert_allclose(top_eigenvalues(quadratic, k=2, which="SA", tol=1e-12), [-8, -3], rtol=1e-9)
+
+
+@pytest.mark.parametrize("steps", [40, 15])
+def test_quadratic_slq_puts_the_mass_on_the_known_eigenvalues(quadratic, steps):
+    # Each Gaussian probe v gives eigenvalue lam_i the weight (q_i . v)^2 / |v|^2, mean 1/d, so size x (mass above
+    # +5) estimates the 3 eigenvalues above 5 and size x (mass below -5) the 1 below -5; 40 steps = full Lanczos
+    # (nodes are the eigenvalues), 15 steps resolve the isolated ones. Per-probe spread gives the tolerance.
+    d = quadratic.size
+    runs = slq(quadratic, steps=steps, probes=60, seed=0)
+    per_probe = [large_eigenvalue_counts(5.0, d, runs=[r]) for r in runs]
+    for key, expected in (("positive_slq", 3), ("negative_slq", 1)):
+        vals = np.array([c[key] for c in per_probe])
+        pooled = large_eigenvalue_counts(5.0, d, runs=runs)[key]
+        assert pooled == pytest.approx(vals.mean(), rel=1e-12)
+        assert abs(pooled - expected) < 4 * vals.std(ddof=1) / np.sqrt(len(vals))
+    # Where the mass sits: Ritz values near 50, 20 and 10 in every run, carrying 3/d of the mass between them.
+    for r in runs:
+        for lam in (50, 20, 10):
+            assert min(abs(np.array(r["nodes"]) - lam)) < 1e-6 * lam
+    dens = density_from_slq(runs, num_points=20000, sigma=0.05)
+    grid, rho = np.array(dens["grid"]), np.array(dens["density"])
+    for lam in (50, 20, 10, -8, -3):
+        window = np.abs(grid - lam) < 0.5
+        mass = np.trapezoid(rho[window], grid[window])
+        assert mass == pytest.approx(1 / d, rel=0.5), lam
+    bulk = np.abs(grid) < 1.0
+    assert np.trapezoid(rho[bulk], grid[bulk]) == pytest.approx(35 / d, rel=0.2)
 
 
 def test_empty_batches_error():
