@@ -24,7 +24,9 @@ Counting convention for the basis (one FLOP per add, subtract, multiply, divide,
       C(G, k) = 2 (G + 2k) + 7 sum_{p=1..k} (G + 2k - p) = 2 (G + 2k) + 7 (k (G + 2k) - k (k + 1) / 2),
   211 for the default G = 5, k = 3. This is the dense recursion over all G + k bases; our kernels compute
   each basis from its own knots or (uniform knots) only the k + 1 non-zero ones, so this is the cost of the
-  published algorithm, not a measurement of ours.
+  published algorithm, not a measurement of ours. (KANbeFair, arXiv:2407.16674, counts the recursion per edge,
+  in x out times, because pykan evaluates it per edge; efficient-kan, whose layer ours reproduces, evaluates the
+  bases once per input value and shares them across the out outputs, which is what is counted here.)
 - RSWAF with num_grids centres u_j: b_j(u) = 1 - tanh((u - u_j) / h)^2 costs 5 FLOPs per centre (subtract,
   divide by h, tanh, square, subtract from 1): 5 num_grids per input value (40 for the default 8).
 """
