@@ -9,6 +9,7 @@ numbers per edge (10 for the defaults). References: Liu et al., "KAN: Kolmogorov
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Sequence
 
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import bspline_fit
+from . import bspline_fit, kan_init
 from .bspline_basis import b_spline_basis, grid_is_uniform, uniform_knots
 from .bspline_dense import activation_kind, dense_tables
 from .bspline_fast import bspline_kan
@@ -47,6 +48,28 @@ class BSplineKAN(nn.Module):
     through update_grid, load_state_dict or .to(); after editing `grid` in place by hand, call
     `grid_changed()`. So a forward never reads tensor values on the host, and `torch.compile(model)` traces the
     layer without a graph break.
+
+    `init` picks how reset_parameters fills the weights (formulas and sources in `kan_init`):
+
+    - "default": efficient-kan's published init, unchanged: base weight and scaler kaiming-uniform with
+      a = sqrt(5) * scale_base / scale_spline (entries U(+-1/sqrt(in)) at scale 1), spline coefficients the
+      minimum-norm fit to U(+-scale_noise / (2 G)) noise at the G + 1 knots of grid_range, so each edge starts as
+      SiLU plus a near-zero spline. The base weight is drawn on the layer's device (as it always was).
+    - "kaiming_normal", "kaiming_uniform", "orthogonal": the three initializations of the training-scheme
+      study (arXiv:2411.05296). They touch the base weight and the spline scaler (both (out, in): the study
+      swapped the torch initializer efficient-kan applies to exactly these two), with efficient-kan's
+      a = sqrt(5) * scale_base / scale_spline for the kaiming pair (so both have variance 1 / (3 in) at scale 1
+      and differ in shape) and gain 1 for orthogonal. The spline coefficients keep the default noise fit:
+      the study never changed them. "kaiming_uniform" is the default's distribution (efficient-kan's own
+      init is the study's kaiming_uniform), drawn on the CPU like every non-default choice.
+    - "lecun", "glorot": the variance-preserving schemes of arXiv:2509.03417. Base weight r ~ N(0, s_r^2) and
+      spline coefficients b ~ N(0, s_b^2) from the fan-in (and, for glorot, fan-out) formulas with the
+      G + k + 1 terms of an edge sharing the variance; the scaler is set to 1 (the paper's c_ji = 1, so the
+      coefficients alone carry the spline's scale). The expectations E[R^2], E[R'^2] (R = base_activation)
+      and E[B_m^2], E[B_m'^2] are over x ~ U(grid_range) on the initial uniform knots (the paper's default,
+      x ~ U(-1, 1), is the default grid_range), and g is that distribution's standard deviation. lecun gives
+      E[y^2] = Var(x) for such inputs; glorot trades some of that for the backward pass. scale_noise,
+      scale_base and scale_spline do not apply.
     """
 
     def __init__(
@@ -66,8 +89,10 @@ class BSplineKAN(nn.Module):
         dtype=None,
         impl: str = "fast",
         compile: bool | None = None,
+        init: str = "default",
     ):
         super().__init__()
+        init = kan_init.check_init("BSplineKAN", init)
         if impl not in ("fast", "reference"):
             raise ValueError(f"BSplineKAN: impl must be 'fast' or 'reference', got {impl!r}")
         if int(in_features) < 1 or int(out_features) < 1:
@@ -97,6 +122,7 @@ class BSplineKAN(nn.Module):
             self.spline_scaler = nn.Parameter(torch.empty(self.out_features, self.in_features, **factory))
         self.base_activation = base_activation()
         self.impl, self.compile = impl, None if compile is None else bool(compile)
+        self.init = init
         self._act = activation_kind(self.base_activation)
         self._plan, self._plan_key = None, None
         self.grid_uniform = True  # uniform_knots
@@ -109,21 +135,56 @@ class BSplineKAN(nn.Module):
         return self.grid_size + self.spline_order
 
     def reset_parameters(self) -> None:
-        """efficient-kan's init: kaiming-uniform base weight and scaler; spline fitted to small noise."""
+        """Fill the weights as `init` says (see the class docstring)."""
         if self.base_weight.is_meta:  # shape-only construction (parameter counting): nothing to fill
             return
-        nn.init.kaiming_uniform_(self.base_weight, a=math.sqrt(5) * self.scale_base)
+        if self.init == "default":
+            nn.init.kaiming_uniform_(self.base_weight, a=math.sqrt(5) * self.scale_base)
+            with torch.no_grad():
+                self.spline_weight.copy_(self._noise_fit())
+                if self.enable_standalone_scale_spline:
+                    nn.init.kaiming_uniform_(self.spline_scaler, a=math.sqrt(5) * self.scale_spline)
+            return
+        edges = (self.out_features, self.in_features)
         with torch.no_grad():
-            # Noise drawn in float64 on the CPU generator so a seed gives the same layer on every device.
-            noise = (torch.rand(self.grid_size + 1, self.in_features, self.out_features, dtype=torch.float64)
-                     - 0.5) * self.scale_noise / self.grid_size
-            # Minimum-norm fit at the G + 1 knots of grid_range: one small pseudo-inverse for all inputs.
-            coeff = bspline_fit.init_coefficients(self.grid.to("cpu"), self.spline_order, noise)
-            if not self.enable_standalone_scale_spline:
-                coeff = coeff * self.scale_spline
-            self.spline_weight.copy_(coeff)
+            if self.init in kan_init.STUDY_INITS:
+                self.base_weight.copy_(kan_init.study_draw(self.init, edges, math.sqrt(5) * self.scale_base))
+                self.spline_weight.copy_(self._noise_fit())
+                if self.enable_standalone_scale_spline:
+                    self.spline_scaler.copy_(kan_init.study_draw(self.init, edges, math.sqrt(5) * self.scale_spline))
+                return
+            std_base, std_spline = self.variance_preserving_stds()
+            self.base_weight.copy_(kan_init.normal(edges, std_base))
+            self.spline_weight.copy_(kan_init.normal(edges + (self.num_bases,), std_spline))
             if self.enable_standalone_scale_spline:
-                nn.init.kaiming_uniform_(self.spline_scaler, a=math.sqrt(5) * self.scale_spline)
+                self.spline_scaler.fill_(1.0)
+
+    def _noise_fit(self) -> torch.Tensor:
+        """efficient-kan's spline init: coefficients (float64, CPU) fitted to small uniform noise."""
+        # Noise drawn in float64 on the CPU generator so a seed gives the same layer on every device.
+        noise = (torch.rand(self.grid_size + 1, self.in_features, self.out_features, dtype=torch.float64)
+                 - 0.5) * self.scale_noise / self.grid_size
+        # Minimum-norm fit at the G + 1 knots of grid_range: one small pseudo-inverse for all inputs.
+        coeff = bspline_fit.init_coefficients(self.grid.to("cpu"), self.spline_order, noise)
+        if not self.enable_standalone_scale_spline:
+            coeff = coeff * self.scale_spline
+        return coeff
+
+    def variance_preserving_stds(self, init: str | None = None) -> tuple[float, float]:
+        """(s_r, s_b): standard deviations of base weight and spline coefficients under "lecun" / "glorot"
+        (this layer's `init` unless given), for x ~ U(grid_range) on the initial uniform knots."""
+        name = kan_init.check_init("BSplineKAN", self.init if init is None else init)
+        lo, hi = self.grid_range
+        points, weights = kan_init.uniform_quadrature(lo, hi)
+        knots = uniform_knots(1, self.grid_size, self.spline_order, self.grid_range, dtype=torch.float64)
+        spline = kan_init.moments(lambda x: b_spline_basis(x.unsqueeze(1), knots, self.spline_order), points, weights)
+        # A float64 CPU copy, so the activation's own parameters (if any) need not be where the layer is.
+        act = copy.deepcopy(self.base_activation).to("cpu", torch.float64)
+        base = kan_init.moments(lambda x: act(x).unsqueeze(1), points, weights)
+        gain = (hi - lo) / math.sqrt(12.0)  # standard deviation of U(lo, hi): the paper's g
+        terms = self.num_bases + 1  # the residual and G + k bases share each edge's variance
+        return tuple(kan_init.variance_preserving_std(name, self.in_features, self.out_features, terms, *m, gain)
+                     for m in (base, spline))
 
     def _fit_coefficients(self, x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         """Least-squares coefficients (out, in, G + k) with sum_m c[o,i,m] B_m(x[:, i]) ~= y[:, i, o].
@@ -258,4 +319,4 @@ class BSplineKAN(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, grid_size={self.grid_size}, "
                 f"spline_order={self.spline_order}, grid_range={self.grid_range}, "
                 f"standalone_scale_spline={self.enable_standalone_scale_spline}, impl={self.impl!r}, "
-                f"compile={self.compile}")
+                f"compile={self.compile}" + ("" if self.init == "default" else f", init={self.init!r}"))

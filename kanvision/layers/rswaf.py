@@ -10,9 +10,12 @@ the analytic gradient is the gradient of the function that is computed.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
+from . import kan_init
 from .rswaf_basis import rswaf_basis
 from .rswaf_fast import rswaf_kan
 from .scripting import no_torchscript
@@ -34,6 +37,9 @@ class RSWAFBasis(nn.Module):
         if not float(denominator) > 0:
             raise ValueError(f"RSWAFKAN: denominator (h) must be > 0, got {denominator}")
         factory = dict(device=device, dtype=dtype)
+        # The constructor's values, kept as Python numbers: the variance-preserving inits compute their
+        # expectations from these in float64, so they agree on every device and dtype.
+        self.initial = (float(grid_min), float(grid_max), int(num_grids), float(denominator))
         grid = torch.linspace(float(grid_min), float(grid_max), int(num_grids), **factory)
         h = torch.tensor(float(denominator), **factory)
         if train_grid:
@@ -72,13 +78,30 @@ class RSWAFKAN(nn.Module):
     `impl`: None (default) = "fast" (`rswaf_fast.RSWAFKANFunction`, basis rebuilt in backward) unless the
     centres or width are trainable, then "reference" (plain autograd). `compile`: None (default) compiles the
     fast kernels where that works, True asks for it, False keeps them eager (see BSplineKAN).
+
+    `init` (formulas and sources in `kan_init`; the LayerNorm always starts as weight 1, bias 0, and the
+    centres and width are hyper-parameters, so every choice touches `spline_linear.weight` only, the one
+    tensor that plays the part of both the base weight and the spline coefficients here):
+
+    - "default": xavier-uniform, as Vision-KAN initialises it (unchanged, drawn on the layer's device).
+    - "kaiming_normal", "kaiming_uniform", "orthogonal": the training-scheme study's initializers
+      (arXiv:2411.05296) called as the study called them on efficient-kan's weights, with a = sqrt(5) (scale 1:
+      there is no scale_base) and fan_in = in * num_grids. kaiming_uniform is then nn.Linear's own init,
+      U(+-1/sqrt(fan_in)); kaiming_normal has the same variance 1 / (3 fan_in); orthogonal has gain 1.
+    - "lecun", "glorot": arXiv:2509.03417's variance-preserving formulas with no residual branch, so the
+      variance is shared among the num_grids basis terms of each edge: w ~ N(0, s^2) with
+      s^2 = 1 / (in * num_grids * E[b^2]) (lecun) or 2 / (in * num_grids * E[b^2] + out * num_grids * E[b'^2])
+      (glorot), E[.] averaged over the centres. The basis sees u = LayerNorm(x), standardised whatever x is,
+      so the expectations are over u ~ N(0, 1) (the paper's "normal" option) and the gain is 1: lecun gives
+      outputs with E[y^2] = 1 for any input distribution.
     """
 
     def __init__(self, in_features: int, out_features: int, grid_min: float = -2.0, grid_max: float = 2.0,
                  num_grids: int = 8, denominator: float = 0.33, train_grid: bool = False,
                  train_denominator: bool = False, device=None, dtype=None, impl: str | None = None,
-                 compile: bool | None = None):
+                 compile: bool | None = None, init: str = "default"):
         super().__init__()
+        self.init = kan_init.check_init("RSWAFKAN", init)
         if int(in_features) < 1 or int(out_features) < 1:
             raise ValueError(f"RSWAFKAN: in_features and out_features must be >= 1, got {in_features}, {out_features}")
         trainable_basis = bool(train_grid or train_denominator)
@@ -94,13 +117,41 @@ class RSWAFKAN(nn.Module):
         self.in_features, self.out_features, self.num_grids = int(in_features), int(out_features), int(num_grids)
         self.layernorm = nn.LayerNorm(self.in_features, **factory)
         self.rbf = RSWAFBasis(grid_min, grid_max, num_grids, denominator, train_grid, train_denominator, **factory)
-        self.spline_linear = nn.Linear(self.in_features * self.num_grids, self.out_features, bias=False, **factory)
+        shape = (self.in_features * self.num_grids, self.out_features)
+        if self.init == "default":
+            self.spline_linear = nn.Linear(*shape, bias=False, **factory)
+        else:
+            # Without nn.Linear's own draw: made where the layer lives, it would advance the CPU generator on
+            # the CPU only, so the CPU draws of reset_parameters would differ between devices.
+            self.spline_linear = nn.Linear(*shape, bias=False, device="meta", dtype=dtype).to_empty(
+                device=torch.get_default_device() if device is None else device)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """LayerNorm to identity, `spline_linear.weight` as `init` says (see the class docstring)."""
         self.layernorm.reset_parameters()
-        if not self.spline_linear.weight.is_meta:
-            nn.init.xavier_uniform_(self.spline_linear.weight)
+        weight = self.spline_linear.weight
+        if weight.is_meta:  # shape-only construction: nothing to fill
+            return
+        if self.init == "default":
+            nn.init.xavier_uniform_(weight)
+            return
+        with torch.no_grad():
+            if self.init in kan_init.STUDY_INITS:
+                weight.copy_(kan_init.study_draw(self.init, tuple(weight.shape), math.sqrt(5)))
+            else:
+                weight.copy_(kan_init.normal(tuple(weight.shape), self.variance_preserving_std()))
+
+    def variance_preserving_std(self, init: str | None = None) -> float:
+        """s for "lecun" / "glorot" (this layer's `init` unless given): u ~ N(0, 1), the constructor's centres
+        and width (float64 from the hyper-parameters, not the buffers: the same value on every device)."""
+        name = kan_init.check_init("RSWAFKAN", self.init if init is None else init)
+        grid_min, grid_max, num_grids, width = self.rbf.initial
+        centres = torch.linspace(grid_min, grid_max, num_grids, dtype=torch.float64)
+        points, weights = kan_init.normal_quadrature()
+        second, slope_second = kan_init.moments(lambda u: rswaf_basis(u, centres, width), points, weights)
+        return kan_init.variance_preserving_std(name, self.in_features, self.out_features, self.num_grids,
+                                                second, slope_second, gain=1.0)
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() == 0 or x.size(-1) != self.in_features:
@@ -123,4 +174,5 @@ class RSWAFKAN(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, num_grids={self.num_grids}, "
-                f"impl={self.impl!r}, compile={self.compile}")
+                f"impl={self.impl!r}, compile={self.compile}"
+                + ("" if self.init == "default" else f", init={self.init!r}"))
