@@ -10,6 +10,7 @@ numbers per edge (10 for the defaults). References: Liu et al., "KAN: Kolmogorov
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from typing import Sequence
 
@@ -26,6 +27,15 @@ from .scripting import no_torchscript
 
 __all__ = ["BSplineKAN", "b_spline_basis", "uniform_knots"]
 
+
+
+@functools.lru_cache(maxsize=None)
+def _spline_moments(grid_size: int, order: int, lo: float, hi: float) -> tuple[float, float]:
+    """(E[B^2], E[B'^2]) averaged over the bases, x ~ U(lo, hi) on uniform knots: the same for every layer of a
+    model with the same grid, so computed once."""
+    points, weights = kan_init.uniform_quadrature(lo, hi)
+    knots = uniform_knots(1, grid_size, order, (lo, hi), dtype=torch.float64)
+    return kan_init.moments(lambda x: b_spline_basis(x.unsqueeze(1), knots, order), points, weights)
 
 
 @no_torchscript
@@ -175,9 +185,8 @@ class BSplineKAN(nn.Module):
         (this layer's `init` unless given), for x ~ U(grid_range) on the initial uniform knots."""
         name = kan_init.check_init("BSplineKAN", self.init if init is None else init)
         lo, hi = self.grid_range
+        spline = _spline_moments(self.grid_size, self.spline_order, lo, hi)
         points, weights = kan_init.uniform_quadrature(lo, hi)
-        knots = uniform_knots(1, self.grid_size, self.spline_order, self.grid_range, dtype=torch.float64)
-        spline = kan_init.moments(lambda x: b_spline_basis(x.unsqueeze(1), knots, self.spline_order), points, weights)
         # A float64 CPU copy, so the activation's own parameters (if any) need not be where the layer is.
         act = copy.deepcopy(self.base_activation).to("cpu", torch.float64)
         base = kan_init.moments(lambda x: act(x).unsqueeze(1), points, weights)

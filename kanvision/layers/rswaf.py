@@ -10,6 +10,7 @@ the analytic gradient is the gradient of the function that is computed.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -66,6 +67,14 @@ class RSWAFBasis(nn.Module):
                 with torch.no_grad():
                     self.denominator.copy_(1.0 / inv)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def _basis_moments(grid_min: float, grid_max: float, num_grids: int, width: float) -> tuple[float, float]:
+    """(E[b^2], E[b'^2]) averaged over the centres, u ~ N(0, 1): computed once per basis configuration."""
+    centres = torch.linspace(grid_min, grid_max, num_grids, dtype=torch.float64)
+    points, weights = kan_init.normal_quadrature()
+    return kan_init.moments(lambda u: rswaf_basis(u, centres, width), points, weights)
 
 
 @no_torchscript
@@ -146,10 +155,7 @@ class RSWAFKAN(nn.Module):
         """s for "lecun" / "glorot" (this layer's `init` unless given): u ~ N(0, 1), the constructor's centres
         and width (float64 from the hyper-parameters, not the buffers: the same value on every device)."""
         name = kan_init.check_init("RSWAFKAN", self.init if init is None else init)
-        grid_min, grid_max, num_grids, width = self.rbf.initial
-        centres = torch.linspace(grid_min, grid_max, num_grids, dtype=torch.float64)
-        points, weights = kan_init.normal_quadrature()
-        second, slope_second = kan_init.moments(lambda u: rswaf_basis(u, centres, width), points, weights)
+        second, slope_second = _basis_moments(*self.rbf.initial)
         return kan_init.variance_preserving_std(name, self.in_features, self.out_features, self.num_grids,
                                                 second, slope_second, gain=1.0)
 
