@@ -17,7 +17,9 @@ from timm.models import build_model_with_cfg
 from torch import nn
 
 from ..layers import BSplineKAN, RSWAFKAN, kan_mlp_layer
+from ..layers.kan_init import check_init
 from ..layers.kan_mlp import normalize_kan_kind
+from ..layers.mlp_init import InitMlp
 
 __all__ = [
     "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD", "KanSpec", "build_kan_model",
@@ -95,10 +97,15 @@ class KanSpec:
                 raise ValueError(f"match_params={match_params!r} sizes an MLP baseline: use it with kan='none', "
                                  f"not kan={kind!r}")
             match_params = target
-        elif kind == "none" and (kan_hidden is not None or kan_kwargs):
+        elif kind == "none" and (kan_hidden is not None or set(kan_kwargs or {}) - {"init"}):
+            # init alone is allowed: the channel MLPs take the same named scheme (layers/mlp_init.py), so a
+            # sweep's init axis covers KAN and MLP alike.
             raise ValueError("kan_hidden / kan_kwargs configure KAN layers: set kan='bspline' or 'rswaf' "
-                             "(or match_params=... for a size-matched MLP)")
+                             "(or match_params=... for a size-matched MLP; kan='none' accepts only "
+                             "kan_kwargs={'init': ...})")
         kwargs = dict(kan_kwargs or {})
+        if kind == "none" and "init" in kwargs:
+            kwargs["init"] = check_init("kan='none' (channel MLP)", kwargs["init"])
         for key in INTEGER_KAN_KWARGS & kwargs.keys():
             kwargs[key] = _whole(kwargs[key], f"kan_kwargs {key}")
         if "base_activation" in kwargs:
@@ -119,7 +126,12 @@ class KanSpec:
     def mlp_layer(self, default_hidden: int | None = None) -> Callable[..., nn.Module]:
         """The `mlp_layer` callable for a timm block (hidden width fixed unless neither is given)."""
         hidden = self.hidden if self.hidden is not None else default_hidden
-        layer = kan_mlp_layer(self.kind, **self.layer_kwargs()) if self.is_kan else Mlp
+        if self.is_kan:
+            layer = kan_mlp_layer(self.kind, **self.layer_kwargs())
+        elif self.kwargs.get("init", "default") != "default":
+            layer = functools.partial(InitMlp, init=self.kwargs["init"])
+        else:
+            layer = Mlp
         return with_hidden(layer, hidden)
 
     def single_layer(self, in_features: int, out_features: int, **factory) -> nn.Module:
@@ -141,7 +153,8 @@ class KanSpec:
         if abs(got - target) > 0.01 * target:
             raise ValueError(f"match_params={self.match_params!r}: no MLP hidden width reaches the KAN's "
                              f"{target:,} parameters within 1% (closest: hidden={hidden}, {got:,})")
-        return KanSpec("none", hidden)
+        # The matched MLP keeps an init= choice (its only keyword a kan='none' spec accepts).
+        return KanSpec("none", hidden, {k: v for k, v in self.kwargs.items() if k == "init"})
 
 
 def count_on_meta(build: Callable[[], nn.Module]) -> int:
@@ -174,6 +187,9 @@ def reset_kan_layers(model: nn.Module) -> nn.Module:
     """
     for module in kan_modules(model):
         if not isinstance(module, BSplineKAN):
+            module.reset_parameters()
+    for module in model.modules():  # MLPs given an init= choice: timm's pass overwrote it too
+        if isinstance(module, InitMlp):
             module.reset_parameters()
     return model
 

@@ -43,6 +43,11 @@ def _swap_channel_mixers(model: ConvMixer, spec: KanSpec) -> ConvMixer:
 def _create_kan_convmixer(variant, pretrained=False, kan=None, kan_hidden=None, kan_kwargs=None,
                           match_params=None, drop_path_rate=None, **kwargs) -> ConvMixer:
     spec = KanSpec.from_args(kan, kan_hidden, kan_kwargs, match_params)
+    if spec.kind == "none" and spec.hidden is None and spec.match_params is None \
+            and spec.kwargs.get("init", "default") != "default":
+        raise ValueError(f"{variant}: kan='none' with kan_kwargs init={spec.kwargs['init']!r}: ConvMixer's "
+                         "channel mixer is one 1x1 conv, not an MLP, so there is nothing to apply it to; use "
+                         "kan='bspline'/'rswaf', or match_params=... for an MLP mixer")
     if drop_path_rate:
         raise ValueError(f"{variant}: drop_path_rate={drop_path_rate} has nothing to act on: ConvMixer has no "
                          "residual around its channel mixer (timm's ConvMixer has no stochastic depth); use 0")
