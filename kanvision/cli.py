@@ -152,6 +152,10 @@ def _cli_class():
                 ckpt = self._best_checkpoint() or "-"
                 print(f"{stage}: top-1 {float(m[f'{stage}/acc1']):.4f}  top-5 {float(m[f'{stage}/acc5']):.4f}  "
                       f"(log dir {log_dir}; best checkpoint {ckpt})")
+                if stage == "val" and "train_eval/acc1" in m:  # the data module's un-augmented training images
+                    train = float(m["train_eval/acc1"])
+                    print(f"train_eval: top-1 {train:.4f}  top-5 {float(m['train_eval/acc5']):.4f}  "
+                          f"(training images, no augmentation; gap to val top-1 {train - float(m['val/acc1']):+.4f})")
 
     return KanvisionCLI
 

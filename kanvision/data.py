@@ -67,6 +67,7 @@ class ImageDataModule(L.LightningDataModule):
         val_split: int | float | None = None,
         train_subset: int | None = None,
         test_subset: int | None = None,
+        train_eval_size: int = 2000,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         synthetic_size: int = 512,
@@ -85,6 +86,10 @@ class ImageDataModule(L.LightningDataModule):
                 (5000) or a fraction (0.1). Default: 5,000 for CIFAR, 0.1 for image folders, none for synthetic
                 (test data). 0 validates on the test split, which then also picks the "best" checkpoint.
             train_subset / test_subset: use a seeded random subset of this many images (quick runs).
+            train_eval_size: at every validation also score this many training images (a seeded subset of the
+                images trained on, fixed for the run) with the evaluation transform, no augmentation, logged as
+                `train_eval/acc1`: the train-vs-validation gap measured, not read off augmented (or mixed)
+                batches. A second validation loader; 0 disables it. Capped at the training set's size.
             mean / std: normalisation; default: the dataset's (measured on up to 2,000 images for imagefolder).
             synthetic_size / synthetic_classes: size of the synthetic train split (test: a quarter) and classes.
         """
@@ -93,6 +98,8 @@ class ImageDataModule(L.LightningDataModule):
             raise DataError(f"unknown dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
         if augment not in AUGMENTS:
             raise DataError(f"unknown augment {augment!r}: choose one of {', '.join(AUGMENTS)}")
+        if train_eval_size < 0:
+            raise DataError(f"train_eval_size must be a count of training images (0 disables), got {train_eval_size}")
         if val_split is not None and (val_split < 0 or (isinstance(val_split, float) and val_split >= 1)):
             raise DataError(f"val_split must be a count of images (e.g. 5000) or a fraction in [0, 1) (e.g. 0.1), "
                             f"got {val_split}")
@@ -102,6 +109,7 @@ class ImageDataModule(L.LightningDataModule):
         self._warned_absent: set[Path] = set()
         self._unreadable: dict[Path, dict[str, str]] = {}
         self.train_set = self.val_set = self.test_set = None
+        self.train_eval_set = None  # un-augmented training images scored at each validation (train_eval_size)
         self._resume_at: dict | None = None  # from a checkpoint: where the interrupted epoch stopped
         self._sampler: SeededSampler | None = None
 
@@ -316,14 +324,28 @@ class ImageDataModule(L.LightningDataModule):
                 # Same images, evaluation transforms for the held-out part.
                 val_full = self._subset(self._make("train", False), self.hparams.train_subset, 1)
                 self.train_set, self.val_set = Subset(train, perm[n_val:]), Subset(val_full, perm[:n_val])
+                self.train_eval_set = self._train_eval(val_full, perm[n_val:])
             else:
                 self.train_set = train
+                self.train_eval_set = self._train_eval(None, list(range(len(train))))
         # The test split is only read when asked for (or when it doubles as validation): fitting with a
         # hold-out needs no test/ folder.
         if self.test_set is None and (stage in (None, "test", "predict") or held_out == 0):
             self.test_set = self._subset(self._make("test", False), self.hparams.test_subset, 2)
         if self.val_set is None:
             self.val_set = self.test_set
+
+    def _train_eval(self, eval_images, trained: list[int]):
+        """A seeded subset of the trained images (indices `trained` into the training split) with evaluation
+        transforms: `eval_images` is that split built without augmentation (None: build it)."""
+        n = min(self.hparams.train_eval_size, len(trained))
+        if n == 0:
+            return None
+        if eval_images is None:
+            eval_images = self._subset(self._make("train", False), self.hparams.train_subset, 1)
+        # Its own salt (3): not the hold-out's permutation, whose head is the validation images.
+        pick = torch.randperm(len(trained), generator=torch.Generator().manual_seed(self.hparams.seed + 3))[:n]
+        return Subset(eval_images, sorted(trained[i] for i in pick.tolist()))
 
     # ------------------------------------------------------------------- resuming part-way through an epoch
     def state_dict(self) -> dict:
@@ -369,8 +391,13 @@ class ImageDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader(SeededAugment(self.train_set), self._train_sampler())
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set)
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The validation loader, then (train_eval_size > 0) the un-augmented training images' loader: Lightning
+        runs them one after the other (dataloader_idx 0 and 1); ImageClassifier logs the second as train_eval/*.
+        Neither has a sampler here, so under DDP Lightning shards both alike (DistributedSampler)."""
+        if self.train_eval_set is None:
+            return self._loader(self.val_set)
+        return [self._loader(self.val_set), self._loader(self.train_eval_set)]
 
     def test_dataloader(self) -> DataLoader:
         if self.test_set is None:

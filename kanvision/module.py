@@ -94,7 +94,8 @@ class ImageClassifier(L.LightningModule):
         self.counts = count_parameters(self.model)
         self._bspline = bspline_layers(self.model)  # a plain list: not registered twice as submodules
         k5 = min(5, num_classes)
-        for stage in ("train", "val", "test"):
+        # train_eval: the data module's un-augmented training images, scored at each validation (second loader).
+        for stage in ("train", "val", "test", "train_eval"):
             setattr(self, f"{stage}_acc1", MulticlassAccuracy(num_classes, top_k=1, average="micro"))
             setattr(self, f"{stage}_acc5", MulticlassAccuracy(num_classes, top_k=k5, average="micro"))
         self.mixup = None
@@ -180,13 +181,18 @@ class ImageClassifier(L.LightningModule):
         loss = F.cross_entropy(logits, y)
         getattr(self, f"{stage}_acc1")(logits, y)
         getattr(self, f"{stage}_acc5")(logits, y)
-        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True)
-        self.log(f"{stage}/acc1", getattr(self, f"{stage}_acc1"), prog_bar=True)
-        self.log(f"{stage}/acc5", getattr(self, f"{stage}_acc5"))
+        # add_dataloader_idx=False: with a second validation loader Lightning would otherwise log
+        # "val/acc1/dataloader_idx_0", and ModelCheckpoint's monitor ("val/acc1") would never be found.
+        # Each loader has its own names (val/*, train_eval/*), so nothing is averaged across the two.
+        shown = stage != "train_eval"
+        self.log(f"{stage}/loss", loss, prog_bar=shown, sync_dist=True, add_dataloader_idx=False)
+        self.log(f"{stage}/acc1", getattr(self, f"{stage}_acc1"), prog_bar=shown, add_dataloader_idx=False)
+        self.log(f"{stage}/acc5", getattr(self, f"{stage}_acc5"), add_dataloader_idx=False)
         return loss
 
-    def validation_step(self, batch, batch_idx):
-        return self._eval_step(batch, "val")
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        # Loader 1 (ImageDataModule.val_dataloader): training images without augmentation, for the gap.
+        return self._eval_step(batch, "train_eval" if dataloader_idx == 1 else "val")
 
     def test_step(self, batch, batch_idx):
         return self._eval_step(batch, "test")

@@ -266,3 +266,62 @@ def test_kan_options_have_help(capsys):
     assert "--model.kan KAN what replaces the zoo model's channel MLPs: none (timm's MLP) | bspline | rswaf" in out
     assert "--model.kan_hidden KAN_HIDDEN hidden width of each KAN MLP, a whole number" in out
     assert "--model.kan_kwargs KAN_KWARGS KAN layer keywords, e.g. {grid_size: 5, spline_order: 3}" in out
+
+
+class TrainEvalProbe(L.Callback):
+    """Keeps the last validation's batches of the second loader (the un-augmented training images)."""
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        self.images, self.labels = [], []
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if dataloader_idx == 1:
+            self.images.append(batch[0].clone())
+            self.labels.append(batch[1].clone())
+
+
+def test_train_eval_accuracy_is_measured_on_unaugmented_training_images(tmp_path, capsys):
+    """train_eval/acc1 (logged at every validation) is the model's accuracy on the data module's fixed subset of
+    the images it trains on, with the evaluation transform though training augments; val/acc1 keeps its name and
+    its values (the checkpoint monitor), and `kanvision validate` prints the gap."""
+    import csv
+
+    from kanvision.cli import lightning_main
+    from kanvision.synthetic import SyntheticImages
+
+    cfg = write_config(tmp_path, data__augment="cifar", data__val_split=16, trainer__max_epochs=2,
+                       data__train_eval_size=24)
+    common = ["--config", cfg, f"--trainer.default_root_dir={tmp_path}", "--test_after_fit=false"]
+    cli = lightning_main(["fit", *common, "--name=te", "--trainer.callbacks+=test_cli.TrainEvalProbe"])
+    dm, probe = cli.datamodule, next(c for c in cli.trainer.callbacks if isinstance(c, TrainEvalProbe))
+    picked = dm.train_eval_set.indices
+    assert len(picked) == 24 and set(picked) <= set(dm.train_set.indices) and not set(picked) & set(dm.val_set.indices)
+    raw = SyntheticImages(64, 10, 32, seed=0, split_seed=0)  # the training split, built here without any transform
+    x = torch.stack([(raw[i][0] - 0.5) / 0.25 for i in picked])
+    y = torch.tensor([raw[i][1] for i in picked])
+    assert torch.allclose(torch.cat(probe.images), x, atol=1e-6) and torch.equal(torch.cat(probe.labels), y)
+    model = cli.model.eval()
+    with torch.no_grad():
+        correct = (model(x).argmax(-1) == y).float().mean().item()
+    logged = cli.trainer.callback_metrics
+    assert float(logged["train_eval/acc1"]) == pytest.approx(correct, abs=1e-6)
+    # Two validations (one per epoch), each row with both loaders' metrics, no "/dataloader_idx_N" names.
+    with open(run_dir(tmp_path, "te") / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert not [k for k in rows[0] if "dataloader_idx" in k]
+    with_train_eval = [(r["epoch"], r["val/acc1"], r["val/loss"]) for r in rows if r.get("val/acc1")]
+    assert len(with_train_eval) == 2 and all(r.get("train_eval/acc1") for r in rows if r.get("val/acc1"))
+    # The same run without the second loader: the same validation numbers, the same weights.
+    cli_off = lightning_main(["fit", *common, "--name=off", "--data.train_eval_size=0"])
+    with open(run_dir(tmp_path, "off") / "metrics.csv") as f:
+        rows_off = list(csv.DictReader(f))
+    assert "train_eval/acc1" not in rows_off[0]
+    assert [(r["epoch"], r["val/acc1"], r["val/loss"]) for r in rows_off if r.get("val/acc1")] == with_train_eval
+    off_weights = cli_off.model.state_dict()
+    assert all(torch.equal(v, off_weights[k]) for k, v in cli.model.state_dict().items())
+    capsys.readouterr()
+    lightning_main(["validate", *common, "--name=v", f"--ckpt_path={run_dir(tmp_path, 'te') / 'checkpoints' / 'last.ckpt'}"])
+    out = capsys.readouterr().out
+    val = float(re.search(r"val: top-1 (\d\.\d{4})", out).group(1))
+    train, gap = re.search(r"train_eval: top-1 (\d\.\d{4}) .*gap to val top-1 ([+-]\d\.\d{4})", out).groups()
+    assert float(train) == pytest.approx(correct, abs=1e-4) and float(gap) == pytest.approx(float(train) - val, abs=2e-4)

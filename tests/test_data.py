@@ -40,6 +40,36 @@ def test_val_split_is_seeded_and_disjoint():
     assert split(0) == (train, val) and split(1) != (train, val)
 
 
+
+def test_train_eval_is_a_fixed_unaugmented_subset_of_the_trained_images():
+    """The second validation loader: a seeded subset of the images trained on (never the held-out ones), with the
+    evaluation transform (here: normalisation only) although training augments (crop + flip)."""
+    def build(seed=0, n=20, **kw):
+        dm = ImageDataModule("synthetic", batch_size=8, num_workers=0, synthetic_size=100, val_split=0.2,
+                             augment="cifar", train_eval_size=n, seed=seed, **kw)
+        dm.setup("fit")
+        return dm
+
+    dm = build()
+    picked = dm.train_eval_set.indices
+    assert len(picked) == 20 and len(set(picked)) == 20
+    assert set(picked) <= set(dm.train_set.indices) and not set(picked) & set(dm.val_set.indices)
+    assert build().train_eval_set.indices == picked and build(seed=1).train_eval_set.indices != picked
+    raw = SyntheticImages(100, 10, 32, seed=0, split_seed=0)  # the training split, no transform
+    x, y = next(iter(dm.val_dataloader()[1]))
+    expected = torch.stack([(raw[i][0] - 0.5) / 0.25 for i in picked[:8]])
+    assert torch.allclose(x, expected, atol=1e-6) and y.tolist() == [raw[i][1] for i in picked[:8]]
+    val_loader, train_loader = dm.val_dataloader()
+    assert val_loader.dataset is dm.val_set and len(train_loader.dataset) == 20
+    assert len(build(n=10_000).train_eval_set) == len(dm.train_set)  # capped at the training images
+    off = build(n=0)
+    assert off.train_eval_set is None and off.val_dataloader().dataset is off.val_set  # one loader, as before
+    no_hold_out = ImageDataModule("synthetic", batch_size=8, num_workers=0, synthetic_size=40, train_eval_size=16)
+    no_hold_out.setup("fit")  # synthetic validates on its test split: the subset comes from all training images
+    assert len(no_hold_out.train_eval_set) == 16 and max(no_hold_out.train_eval_set.indices) < 40
+    with pytest.raises(DataError, match="train_eval_size must be a count"):
+        ImageDataModule("synthetic", train_eval_size=-1)
+
 def test_global_batch_is_split_over_devices():
     dm = ImageDataModule("synthetic", batch_size=12, num_workers=0, synthetic_size=48)
     dm.trainer = SimpleNamespace(world_size=3)

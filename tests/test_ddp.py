@@ -27,10 +27,10 @@ class RankProbe(L.Callback):
 
     def __init__(self, out_dir: str):
         self.out = Path(out_dir)
-        self.correct = self.seen = 0
+        self.correct, self.seen = [0, 0], [0, 0]  # per validation loader: val, train_eval
 
     def on_validation_epoch_start(self, trainer, pl_module):
-        self.correct = self.seen = 0
+        self.correct, self.seen = [0, 0], [0, 0]
 
     def on_train_start(self, trainer, pl_module):
         # The training sampler shards itself (Lightning must not wrap it): this rank's share of epoch 0.
@@ -42,12 +42,13 @@ class RankProbe(L.Callback):
     @torch.no_grad()
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         x, y = batch
-        self.correct += int((pl_module(x).argmax(-1) == y).sum())
-        self.seen += len(y)
+        self.correct[dataloader_idx] += int((pl_module(x).argmax(-1) == y).sum())
+        self.seen[dataloader_idx] += len(y)
 
     def on_validation_end(self, trainer, pl_module):
         m = trainer.callback_metrics
-        record = dict(correct=self.correct, seen=self.seen, acc1=float(m["val/acc1"]), loss=float(m["val/loss"]))
+        record = dict(correct=self.correct[0], seen=self.seen[0], acc1=float(m["val/acc1"]), loss=float(m["val/loss"]),
+                      train_correct=self.correct[1], train_seen=self.seen[1], train_acc1=float(m["train_eval/acc1"]))
         (self.out / f"val_rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
     def on_train_end(self, trainer, pl_module):
@@ -106,6 +107,11 @@ def test_ddp_two_cpu_processes(tmp_path):
     for r in ranks:
         assert r["acc1"] == pytest.approx(global_acc, abs=1e-6)
     assert ranks[0]["loss"] == pytest.approx(ranks[1]["loss"], abs=1e-6)  # sync_dist: same mean on both
+    # The second validation loader (un-augmented training images, all 4 * VAL_SIZE of them here) is sharded the
+    # same way and reduced over both ranks, under its own name.
+    assert [r["train_seen"] for r in ranks] == [4 * VAL_SIZE // 2] * 2
+    train_acc = sum(r["train_correct"] for r in ranks) / (4 * VAL_SIZE)
+    assert all(r["train_acc1"] == pytest.approx(train_acc, abs=1e-6) for r in ranks)
 
     # Grids: updated (no longer the initial uniform knots) and bit-identical on both ranks.
     g0, g1 = (torch.load(tmp_path / f"grids_rank{r}.pt") for r in (0, 1))

@@ -220,7 +220,7 @@ def test_validate_and_test_start_from_a_tag(shipped, tmp_path, cifar_names, sub)
     assert cli.model.hparams.model == ARCH and cli.model.hparams.kan == "none"
     assert list(cli.datamodule.hparams.mean) == MEAN and list(cli.datamodule.hparams.std) == STD
     model = C.load_pretrained(directory / NONE)
-    loader = cli.datamodule.test_dataloader() if sub == "test" else cli.datamodule.val_dataloader()
+    loader = cli.datamodule.test_dataloader() if sub == "test" else cli.datamodule.val_dataloader()[0]  # [1]: train_eval
     x, y = next(iter(loader))
     with torch.no_grad():
         loss = F.cross_entropy(model(x), y)
