@@ -16,6 +16,7 @@ TOOLS = {
     "predict": ("kanvision.predict", "main", "top-5 classes of image files from a checkpoint"),
     "analyze": ("kanvision.analysis.cli", "main", "hessian | memory | throughput | splines"),
     "gpu-check": ("kanvision.gpu_check", "main", "KAN parity, bf16 fits, DDP and speed on this machine's GPU"),
+    "sweep": ("kanvision.sweep", "main", "grid of `kanvision fit` runs (local or a SLURM array), resumable; results table"),
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
