@@ -103,11 +103,14 @@ def _cell(key: str, value) -> str:
 
 def write_report(runs, out: Path) -> list[dict]:
     """DIR/results.csv, DIR/results.md and DIR/results.png for the planned runs (sweep.Run), in plan order."""
+    from .sweep_grid import value_label
+
     out.mkdir(parents=True, exist_ok=True)
     keys = list(runs[0].values) if runs else []
     rows = []
     for run in runs:
-        row = {"run": run.name, **run.values, **read_run(out / "runs" / run.name)}
+        shown = {k: value_label(k, v, run.values) if isinstance(v, dict) else v for k, v in run.values.items()}
+        row = {"run": run.name, **shown, **read_run(out / "runs" / run.name)}
         row["seed"] = run.seed
         rows.append(row)
     header = ["run", *keys, *COLUMNS]

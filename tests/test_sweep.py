@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from kanvision.cli import main
-from kanvision.sweep import grid_flags, plan_runs, resolved_base, run_name
+from kanvision.sweep_grid import grid_flags, plan_runs, resolved_base, run_name
 
 BASE = {
     "model": {"model": "kan_mixer_tiny_p4_32", "kan": "bspline", "model_kwargs": {"num_blocks": 1},
@@ -52,17 +52,31 @@ def test_grid_point_flags_merge_dicts_and_switch_optimizer_class(tmp_path, capsy
     values = {"model.kan_kwargs.spline_order": 2, "model.optimizer.init_args.lr": 0.01,
               "model.optimizer.class_path": "torch.optim.SGD"}
     flags = grid_flags(values, resolved)
-    assert flags == ["--model.optimizer.class_path=torch.optim.SGD", "--model.optimizer.init_args.lr=0.01",
-                     '--model.kan_kwargs={"compile": false, "grid_size": 5, "spline_order": 2}']
+    assert flags[0].startswith('--model.optimizer={"class_path": "torch.optim.SGD", "init_args": {')
+    assert flags[1:] == ["--model.optimizer.init_args.lr=0.01",
+                         '--model.kan_kwargs={"compile": false, "grid_size": 5, "spline_order": 2}']
     _print_config(cfg, *flags)
     model = yaml.safe_load(capsys.readouterr().out)["model"]
     assert model["kan_kwargs"] == {"compile": False, "grid_size": 5, "spline_order": 2}
     assert model["optimizer"]["class_path"] == "torch.optim.SGD"
     args = model["optimizer"]["init_args"]
-    assert args["lr"] == 0.01 and args["weight_decay"] == 0.05 and "betas" not in args
+    assert args["lr"] == 0.01 and args["weight_decay"] == 0.05 and "betas" not in args  # set by the config: kept
     # Why the merge: the dict alone on the command line replaces the config's.
     _print_config(cfg, '--model.kan_kwargs={"spline_order": 2}')
     assert yaml.safe_load(capsys.readouterr().out)["model"]["kan_kwargs"] == {"spline_order": 2}
+    # A config that leaves weight_decay at AdamW's default (0.01): SGD gets its own default (0), and momentum
+    # from a class given with init_args. jsonargparse alone would carry AdamW's 0.01 over.
+    base["model"]["optimizer"] = {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.001}}
+    cfg, _ = _files(tmp_path, base=base)
+    _print_config(cfg, "--model.optimizer.class_path=torch.optim.SGD")
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["optimizer"]["init_args"]["weight_decay"] == 0.01
+    sgd = {"class_path": "torch.optim.SGD", "init_args": {"momentum": 0.9}}
+    for value in ("torch.optim.SGD", sgd):
+        key = "model.optimizer.class_path" if isinstance(value, str) else "model.optimizer"
+        _print_config(cfg, *grid_flags({key: value, "model.optimizer.init_args.lr": 0.1}, resolved_base([cfg], [])))
+        args = yaml.safe_load(capsys.readouterr().out)["model"]["optimizer"]["init_args"]
+        assert args["weight_decay"] == 0 and args["lr"] == 0.1 and args["momentum"] == (0 if value == "torch.optim.SGD" else 0.9)
+    assert run_name({"model.optimizer": sgd, "model.optimizer.init_args.lr": 0.1}, 0) == "optimizer-SGD-momentum-0.9_lr-0.1_seed0"
     # kan none takes only kan_kwargs.init (its MLPs' init): the KAN-only values collapse to one run ("n/a"), the
     # config's KAN keywords (compile, grid_size) are dropped, init goes through.
     grid = {"model.kan": ["none", "bspline"], "model.kan_kwargs.grid_size": [3, 5],
