@@ -2,13 +2,13 @@
 divergence, failure), the SLURM array script, the flags a grid point becomes, and bad input."""
 import csv
 import json
+import math
 import re
 import shlex
 import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from kanvision.cli import main
@@ -167,10 +167,15 @@ def test_sweep_runs_records_resumes_and_writes_slurm_array(tmp_path, capsys, mon
         assert float(row["gap"]) == pytest.approx(float(best["train_eval/acc1"]) - float(best["val/acc1"]))
         assert float(row["test_top1"]) == pytest.approx(status["test"]["acc1"])
         assert float(row["top1_per_Mparam"]) == pytest.approx(float(best["val/acc1"]) / (expected["total"] / 1e6))
+        # The study's efficiency: best accuracy / (its epoch + 1) / ln(1 + params - 9000).
+        epoch = int(best["epoch"])
+        assert row["best_epoch"] == str(epoch)
+        assert float(row["efficiency"]) == pytest.approx(
+            float(best["val/acc1"]) / (epoch + 1) / math.log(1 + expected["total"] - 9000))
     saved = yaml.safe_load((out / "runs" / names[0] / "version_0" / "config.yaml").read_text())
     assert saved["model"]["kan_kwargs"] is None and saved["model"]["optimizer"]["init_args"]["lr"] == 0.01
     md = (out / "results.md").read_text()
-    assert all(f"| {n} |" in md for n in names) and "accuracy per million parameters" in md
+    assert all(f"| {n} |" in md for n in names) and "ln(1 + params - ID), ID = 9000" in md
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
 
     # Again: every run is done (finished or diverged), so no fit starts at all.
