@@ -25,6 +25,7 @@ test score), hparams.yaml (params/total, params/kan); <run>/wall_s (the sweep's 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import re
 from pathlib import Path
@@ -131,15 +132,17 @@ def write_report(runs, out: Path, intrinsic_dim: int = INTRINSIC_DIM) -> list[di
     keys = list(runs[0].values) if runs else []
     rows = []
     for run in runs:
-        shown = {k: value_label(k, v, run.values) if isinstance(v, dict) else v for k, v in run.values.items()}
-        row = {"run": run.name, **shown, **read_run(out / "runs" / run.name, intrinsic_dim)}
+        row = {"run": run.name, **run.values, **read_run(out / "runs" / run.name, intrinsic_dim)}
         row["seed"] = run.seed
         rows.append(row)
     header = ["run", *keys, *COLUMNS]
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=header)
         writer.writeheader()
-        writer.writerows({k: ("" if r.get(k) is None else r[k]) for k in header} for r in rows)
+        # Data: a grid value that is a dict (a class with init_args) as JSON; the markdown shows it short.
+        writer.writerows({k: "" if r.get(k) is None else json.dumps(r[k]) if isinstance(r[k], (dict, list)) else r[k]
+                          for k in header} for r in rows)
+    shown = [{**r, **{k: value_label(k, r[k], r) for k in keys if isinstance(r.get(k), dict)}} for r in rows]
     lines = [f"# Sweep results ({len(rows)} runs)", "",
              "val_top1 / val_top5: best validation (held-out images) and top-5 at that validation; "
              "train_top1_at_best / train_top1_last: top-1 on un-augmented training images (train_eval/acc1) at that "
@@ -147,9 +150,9 @@ def write_report(runs, out: Path, intrinsic_dim: int = INTRINSIC_DIM) -> list[di
              "best checkpoint, after fit; wall_s summed over resumes. A diverged run's columns are of its "
              "validations before the divergence.", "", EFFICIENCY_NOTE.format(id=intrinsic_dim), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(k, r.get(k)).replace("|", "/") for k in header) + " |" for r in rows]
+    lines += ["| " + " | ".join(_cell(k, r.get(k)).replace("|", "/") for k in header) + " |" for r in shown]
     (out / "results.md").write_text("\n".join(lines) + "\n")
-    plot(rows, keys, out / "results.png")
+    plot(shown, keys, out / "results.png")
     return rows
 
 

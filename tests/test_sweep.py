@@ -77,6 +77,13 @@ def test_grid_point_flags_merge_dicts_and_switch_optimizer_class(tmp_path, capsy
         args = yaml.safe_load(capsys.readouterr().out)["model"]["optimizer"]["init_args"]
         assert args["weight_decay"] == 0 and args["lr"] == 0.1 and args["momentum"] == (0 if value == "torch.optim.SGD" else 0.9)
     assert run_name({"model.optimizer": sgd, "model.optimizer.init_args.lr": 0.1}, 0) == "optimizer-SGD-momentum-0.9_lr-0.1_seed0"
+    # In results.csv such a value is its JSON (data); results.md shows it short. (No run: nothing to measure.)
+    from kanvision.sweep_grid import Run
+    from kanvision.sweep_report import write_report
+    write_report([Run("optimizer-SGD-momentum-0.9_seed0", {"model.optimizer": sgd}, 0)], tmp_path / "r")
+    with open(tmp_path / "r" / "results.csv") as f:
+        assert json.loads(next(csv.DictReader(f))["model.optimizer"]) == sgd
+    assert "| optimizer-SGD-momentum-0.9_seed0 | SGD-momentum-0.9 | 0 | not run |" in (tmp_path / "r" / "results.md").read_text()
     # kan none takes only kan_kwargs.init (its MLPs' init): the KAN-only values collapse to one run ("n/a"), the
     # config's KAN keywords (compile, grid_size) are dropped, init goes through.
     grid = {"model.kan": ["none", "bspline"], "model.kan_kwargs.grid_size": [3, 5],
