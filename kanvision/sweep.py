@@ -27,12 +27,15 @@ How a grid point becomes flags and a run name: sweep_grid.py. Results: sweep_rep
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -42,6 +45,10 @@ __all__ = ["main", "resume_checkpoint", "run_local"]
 
 LAUNCHERS = ("local", "slurm")
 DONE = ("finished", "diverged")  # a diverged run is a result of its scheme: not retried
+
+
+class SweepInterrupted(RuntimeError):
+    """A signal (Ctrl-C, SIGTERM) stopped the running fit, which saved its state: the sweep stops."""
 
 
 # ------------------------------------------------------------------------------------- one run's state
@@ -94,23 +101,33 @@ def run_local(run: Run, out: Path) -> str:
     if resume is not None:
         command.append(f"--ckpt_path={resume}")
     print(f"{'resume' if resume else 'run'} {run.name}" + (f" from {resume.name}" if resume else ""), flush=True)
-    start, interrupted = time.monotonic(), False
+    start, received = time.monotonic(), []
     with open(root / "fit.log", "a") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {shlex.join(command)}\n")
         log.flush()
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        while True:
-            try:
-                rc = proc.wait()
-                break
-            except KeyboardInterrupt:  # the fit got the same Ctrl-C: let it save its state, then stop the sweep
-                interrupted = True
+        # Its own session: a Ctrl-C reaches the fit once, forwarded from here (the terminal's would come on top,
+        # and a second SIGINT stops a fit at once, unsaved); SIGTERM to the sweep (nohup, kill) is passed on too.
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+        def forward(signum, frame):
+            received.append(signum)
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signum)  # the fit saves its state at the next step and exits
+
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
+        try:
+            rc = proc.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     wall = time.monotonic() - start
-    previous = float((root / "wall_s").read_text()) if (root / "wall_s").is_file() else 0.0
-    (root / "wall_s").write_text(f"{previous + wall:.1f}\n")
-    if interrupted:
-        raise KeyboardInterrupt
+    before = float((root / "wall_s").read_text()) if (root / "wall_s").is_file() else 0.0
+    (root / "wall_s").write_text(f"{before + wall:.1f}\n")
     status = (run_status(root) or {}).get("status")
+    if received or status == "interrupted":  # stopped (here or by a signal to the fit): the sweep stops too
+        raise SweepInterrupted(f"{run.name} stopped ({status or f'exit {rc}'})")
     if rc == 0 and status == "finished":
         return "finished"
     if status == "diverged":
@@ -195,10 +212,10 @@ def main(argv: list[str]) -> int:
     try:
         for run in runs:
             outcomes[run.name] = run_local(run, out)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SweepInterrupted) as e:
         write_report(runs, out, args.intrinsic_dim)
-        print("kanvision sweep: interrupted; the run in progress saved its state: run the same command again to "
-              "resume", file=sys.stderr)
+        print(f"kanvision sweep: interrupted{f' ({e})' if str(e) else ''}; the run in progress saved its state: "
+              "run the same command again to resume it", file=sys.stderr)
         return 130
     write_report(runs, out, args.intrinsic_dim)
     count = {k: sum(v == k for v in outcomes.values()) for k in ("finished", "skipped", "diverged", "failed")}
