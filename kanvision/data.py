@@ -100,10 +100,17 @@ class ImageDataModule(L.LightningDataModule):
             raise DataError(f"unknown augment {augment!r}: choose one of {', '.join(AUGMENTS)}")
         if train_eval_size < 0:
             raise DataError(f"train_eval_size must be a count of training images (0 disables), got {train_eval_size}")
+        # A count that went through a float on its way (on an H200 machine's Python 3.12, a YAML
+        # `val_split: 1000` reached here as 1000.0 through `int | float`) is still a count, not a fraction.
+        whole_count = isinstance(val_split, float) and val_split >= 1 and val_split.is_integer()
+        if whole_count:
+            val_split = int(val_split)
         if val_split is not None and (val_split < 0 or (isinstance(val_split, float) and val_split >= 1)):
             raise DataError(f"val_split must be a count of images (e.g. 5000) or a fraction in [0, 1) (e.g. 0.1), "
                             f"got {val_split}")
         self.save_hyperparameters()
+        if whole_count:
+            self.hparams.val_split = val_split
         self.dataset, self.root = dataset, Path(root).expanduser()
         self._mean, self._std = mean, std
         self._warned_absent: set[Path] = set()

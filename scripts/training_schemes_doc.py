@@ -120,9 +120,10 @@ def main() -> None:
         "(sum of the runs' own wall times)",
         "- model: `kan_mixer_tiny_p4_32`, kan " + " and ".join(f"`{k}` ({stats[k]['params'] / 1e6:.2f}M parameters)"
                                                               for k in kinds),
-        "- data (`configs/study/training_schemes.yaml`): a seeded 6,000-image subset of the CIFAR-10 training images "
-        "(JPEG copy): 5,000 trained on for 3 epochs (batch 128, crop + flip, 5% warm-up then cosine, clipping 1), "
-        "1,000 held out for validation; `train top-1` re-scores 1,000 of the trained images without augmentation. "
+        "- data (`configs/study/training_schemes.yaml`): a seeded 4,000-image subset of the CIFAR-10 training images "
+        "(JPEG copy): 3,000 trained on for 2 epochs (48 steps of 128, crop + flip, 5% warm-up then cosine, "
+        "clipping 1), 1,000 held out for validation; `train top-1` re-scores 500 of the trained images without "
+        "augmentation. "
         "The test set is not used.",
         "- grid (`configs/study/training_schemes_grid.yaml`): init x optimizer x learning rate, the study code's "
         "three initializations and optimizers, its two learning rates and one lower.",
@@ -176,9 +177,9 @@ def main() -> None:
             f"{b['params'] / 1e6:.2f}M parameters: {verdict(mm['test_top1'] >= b['test_top1'])}.")
     lines += [
         "", "## What this does not show", "",
-        "- Scale: 120 steps on 5,000 images, one seed per scheme. Differences of a point or two between schemes "
+        "- Scale: 48 steps on 3,000 images, one seed per scheme. Differences of a point or two between schemes "
         "are within what a second seed moves (not measured here); the ranking of the learning rates is mostly "
-        "about how far each gets in 120 steps, not where it would converge.",
+        "about how far each gets in 48 steps, not where it would converge.",
         "- The study ran fully connected KANs on MNIST-like data with batch 4,096 for 100 epochs; this is a "
         "vision Mixer whose token-mixing MLPs stay MLPs in both kinds.",
         "- The study's efficiency metric could not be found; `top1_per_Mparam` (accuracy per million parameters) "

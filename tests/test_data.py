@@ -231,3 +231,15 @@ def test_failed_download_leaves_no_empty_data_dir(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="the download failed"):
         ImageDataModule("cifar10", root=str(tmp_path / "mine")).prepare_data()
     assert (tmp_path / "mine").is_dir()
+
+
+def test_a_whole_float_val_split_is_a_count(tmp_path):
+    """On one GPU machine (Python 3.12) a YAML `val_split: 1000` arrived as 1000.0 and was refused as a
+    fraction >= 1 (then, half-fixed, read as a fraction: 6,000,000 images held out). 1000.0 is 1000 images."""
+    from kanvision.data import DataError
+    dm = ImageDataModule(dataset="synthetic", synthetic_size=300, val_split=100.0, batch_size=10)
+    assert dm.hparams.val_split == 100 and isinstance(dm.hparams.val_split, int)
+    dm.setup("fit")
+    assert len(dm.val_set) == 100 and len(dm.train_set) == 200
+    with pytest.raises(DataError, match="fraction"):
+        ImageDataModule(dataset="synthetic", val_split=1.5)
