@@ -12,6 +12,7 @@ import argparse
 import ast
 import csv
 import json
+import math
 import shutil
 import statistics
 from pathlib import Path
@@ -46,10 +47,20 @@ def load(path: Path) -> list[dict]:
             r["lr"] = float(r[LR])
             r["diverged"] = r["diverged"] in ("True", "true", "yes", "1")
             for k in ("val_top1", "val_top5", "train_top1_at_best", "train_top1_last", "gap", "wall_s", "params",
-                      "top1_per_Mparam"):
+                      "efficiency", "top1_per_Mparam"):
                 r[k] = float(r[k]) if r.get(k) not in (None, "") else None
             rows.append(r)
     return rows
+
+
+def last_train_loss(sweep: Path, run: str) -> float | None:
+    """The last epoch's mean training loss, from the run's own metrics.csv."""
+    versions = sorted((sweep / "runs" / run).glob("version_*"))
+    if not versions:
+        return None
+    with open(versions[-1] / "metrics.csv", newline="") as f:
+        losses = [float(r["train/loss_epoch"]) for r in csv.DictReader(f) if r.get("train/loss_epoch")]
+    return losses[-1] if losses else None
 
 
 def mean(xs):
@@ -139,6 +150,8 @@ def main() -> None:
         "| diverged runs | " + " | ".join(f"{stats[k]['diverged']} of {stats[k]['runs']}" for k in kinds) + " |",
         "| mean gap (train top-1 - val top-1) | " + " | ".join(
             "-" if stats[k]["gap"] is None else f"{100 * stats[k]['gap']:+.1f} pp" for k in kinds) + " |",
+        "| mean efficiency (the study's metric, below) | " + " | ".join(
+            f"{mean(r['efficiency'] for r in rows if r[KIND] == k and not r['diverged']):.4f}" for k in kinds) + " |",
         "| best val top-1 per million parameters | " + " | ".join(
             f"{stats[k]['best']['top1_per_Mparam']:.3f}" if stats[k]["best"] else "-" for k in kinds) + " |", "",
         "Mean val top-1 per value of one axis (over the other two):", "",
@@ -175,15 +188,31 @@ def main() -> None:
             f"weights (one 15-epoch recipe on all 45,000 training images, checkpoints/README.md) say: size-matched MLP "
             f"{pct(mm['test_top1'])} vs B-spline {pct(b['test_top1'])} test top-1 at {mm['params'] / 1e6:.2f}M vs "
             f"{b['params'] / 1e6:.2f}M parameters: {verdict(mm['test_top1'] >= b['test_top1'])}.")
+    # ln(10) is the loss of a uniform prediction over the 10 classes: timm's Mixer starts with a zero head, so a
+    # run whose loss stays there has barely left its initialization.
+    plateau = {}
+    for r in rows:
+        loss = last_train_loss(args.sweep, r["run"])
+        if loss is not None and loss > 0.98 * math.log(10):
+            plateau.setdefault(r[KIND], {}).setdefault(r["opt"], 0)
+            plateau[r[KIND]][r["opt"]] += 1
     lines += [
         "", "## What this does not show", "",
+        "- Runs whose last-epoch training loss stayed within 2% of ln 10 = 2.303 (the loss of the untrained model's "
+        "uniform prediction): " + "; ".join(
+            f"kan={k}: {sum(plateau.get(k, {}).values())} of {stats[k]['runs']}"
+            + (" (" + ", ".join(f"{n} {o}" for o, n in plateau[k].items()) + ")" if plateau.get(k) else "")
+            for k in kinds) + ". Those schemes did not train in 48 steps, so their accuracies (near the untrained "
+        "model's) say nothing about where they would converge; the optimizer and learning-rate rows above are "
+        "mostly this.",
         "- Scale: 48 steps on 3,000 images, one seed per scheme. Differences of a point or two between schemes "
         "are within what a second seed moves (not measured here); the ranking of the learning rates is mostly "
         "about how far each gets in 48 steps, not where it would converge.",
         "- The study ran fully connected KANs on MNIST-like data with batch 4,096 for 100 epochs; this is a "
         "vision Mixer whose token-mixing MLPs stay MLPs in both kinds.",
-        "- The study's efficiency metric could not be found; `top1_per_Mparam` (accuracy per million parameters) "
-        "stands in for it, labelled as such.",
+        "- Efficiency is the study's metric as its analysis code defines it (best accuracy / (epoch of the best + 1) "
+        "/ ln(1 + params - 9000); kanvision/sweep_report.py), on validation rather than test accuracy; with 2 "
+        "epochs the epoch term dominates it.",
         "", "## All runs", "", (args.sweep / "results.md").read_text().split("\n", 2)[2]]
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out} and {fig}")
