@@ -18,7 +18,7 @@ import math
 import torch
 from timm.layers import Mlp
 
-from .kan_init import STUDY_INITS, check_init, normal, study_draw
+from .kan_init import STUDY_INITS, check_init, normal, study_draw, variance_preserving_std
 
 __all__ = ["InitMlp"]
 
@@ -44,8 +44,6 @@ class InitMlp(Mlp):
             fan_out, fan_in = shape
             if self.init in STUDY_INITS:
                 new = study_draw(self.init, shape, a=math.sqrt(5))
-            elif self.init == "lecun":
-                new = normal(shape, 1.0 / math.sqrt(fan_in))
-            else:  # glorot
-                new = normal(shape, math.sqrt(2.0 / (fan_in + fan_out)))
+            else:  # lecun / glorot: a linear edge is one term whose "basis" is x itself (E[x^2] = E[1^2] = 1)
+                new = normal(shape, variance_preserving_std(self.init, fan_in, fan_out, 1, 1.0, 1.0, 1.0))
             w.copy_(new.reshape(w.shape))
