@@ -329,7 +329,7 @@ class ImageDataModule(L.LightningDataModule):
                                     "give a smaller count or fraction (--data.val_split)")
                 perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.hparams.seed)).tolist()
                 # Same images, evaluation transforms for the held-out part.
-                val_full = self._subset(self._make("train", False), self.hparams.train_subset, 1)
+                val_full = self._unaugmented_train()
                 self.train_set, self.val_set = Subset(train, perm[n_val:]), Subset(val_full, perm[:n_val])
                 self.train_eval_set = self._train_eval(val_full, perm[n_val:])
             else:
@@ -342,6 +342,10 @@ class ImageDataModule(L.LightningDataModule):
         if self.val_set is None:
             self.val_set = self.test_set
 
+    def _unaugmented_train(self):
+        """The training split (same subset, same order) with evaluation transforms."""
+        return self._subset(self._make("train", False), self.hparams.train_subset, 1)
+
     def _train_eval(self, eval_images, trained: list[int]):
         """A seeded subset of the trained images (indices `trained` into the training split) with evaluation
         transforms: `eval_images` is that split built without augmentation (None: build it)."""
@@ -349,7 +353,7 @@ class ImageDataModule(L.LightningDataModule):
         if n == 0:
             return None
         if eval_images is None:
-            eval_images = self._subset(self._make("train", False), self.hparams.train_subset, 1)
+            eval_images = self._unaugmented_train()
         # Its own salt (3): not the hold-out's permutation, whose head is the validation images.
         pick = torch.randperm(len(trained), generator=torch.Generator().manual_seed(self.hparams.seed + 3))[:n]
         return Subset(eval_images, sorted(trained[i] for i in pick.tolist()))
