@@ -17,6 +17,8 @@ import shutil
 import statistics
 from pathlib import Path
 
+from kanvision.sweep import latest_version
+
 ROOT = Path(__file__).resolve().parent.parent
 KIND, INIT, OPT, LR = "model.kan", "model.kan_kwargs.init", "model.optimizer", "model.optimizer.init_args.lr"
 
@@ -55,10 +57,10 @@ def load(path: Path) -> list[dict]:
 
 def last_train_loss(sweep: Path, run: str) -> float | None:
     """The last epoch's mean training loss, from the run's own metrics.csv."""
-    versions = sorted((sweep / "runs" / run).glob("version_*"))
-    if not versions:
+    version = latest_version(sweep / "runs" / run)
+    if version is None:
         return None
-    with open(versions[-1] / "metrics.csv", newline="") as f:
+    with open(version / "metrics.csv", newline="") as f:
         losses = [float(r["train/loss_epoch"]) for r in csv.DictReader(f) if r.get("train/loss_epoch")]
     return losses[-1] if losses else None
 
@@ -156,8 +158,7 @@ def main() -> None:
             f"{stats[k]['best']['top1_per_Mparam']:.3f}" if stats[k]["best"] else "-" for k in kinds) + " |", "",
         "Mean val top-1 per value of one axis (over the other two):", "",
         "| axis | value | " + " | ".join(f"kan={k}" for k in kinds) + " |", "|---|---|" + "---|" * len(kinds)]
-    for axis, label in ((INIT, "init"), ("opt", "optimizer"), ("lr", "lr")):
-        key = {INIT: "init", "opt": "opt", "lr": "lr"}[axis]
+    for key, label in (("init", "init"), ("opt", "optimizer"), ("lr", "lr")):
         for value in stats["none"][key]:
             lines.append(f"| {label} | {value:g} | " if isinstance(value, float) else f"| {label} | {value} | ")
             lines[-1] += " | ".join(pct(stats[k][key].get(value)) for k in kinds) + " |"
