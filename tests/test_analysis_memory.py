@@ -8,8 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from kanvision.analysis.memory import analytic_estimate, kan_layer_estimate, measure_step, memory_sweep, paper_estimate
+from kanvision.analysis.memory import (analytic_estimate, kan_layer_estimate, measure_step, memory_sweep,
+                                       paper_estimate, set_kan_impl)
 from kanvision.layers import BSplineKAN, RSWAFKAN
+from kanvision.layers.workspace import scratch_bytes
 
 N = 20
 
@@ -109,3 +111,164 @@ def test_cap_marks_oom_and_skips_larger_batches():
     assert rows[0]["bytes"] == small["bytes"]
     assert rows[1]["bytes"] is None and "cap" in rows[1]["oom"] and rows[1]["measured_bytes"] == big["bytes"]
     assert rows[2]["bytes"] is None and "skipped" in rows[2]["oom"]
+
+
+# --- Storage modes (issue 14): impl "fast" (our kernels) vs "reference" (autograd, efficient-kan-style storage) ---
+
+ROWS, IN, OUT, G, S = 16, 8, 4, 5, 3  # one small layer: 16 rows, 8 -> 4, grid 5, order 3: 8 bases per input
+MLP, KAN = "kan_mixer_tiny_p4_32:none", "kan_mixer_tiny_p4_32:bspline"
+KAN_EAGER = '{"compile": false}'  # the eager kernels: same storage, no compile time in a unit test
+
+
+def test_reference_mode_stores_the_expanded_basis_and_fast_does_not():
+    # The same layer (same weights) switched by set_kan_impl. Input without gradient, so autograd records only
+    # the two weight-gradient products: reference keeps SiLU(x) (ROWS x IN, for the base weight's gradient) and the
+    # expanded basis (ROWS x IN x (G + S), for the spline weight's); the scaled spline weight is not kept (the
+    # basis needs no gradient). Fast keeps x alone and builds the (ROWS, 1 + G + S, IN) features in scratch.
+    model = nn.Sequential(BSplineKAN(IN, OUT, grid_size=G, spline_order=S))
+    basis = 4 * ROWS * IN * (G + S)
+    # Fast first: its scratch must not show up in the reference measurement that follows.
+    assert set_kan_impl(model, "fast") == 1 and model[0].impl == "fast"
+    fast = _measure(model, IN, rows=ROWS)
+    assert set_kan_impl(model, "reference") == 1 and model[0].impl == "reference"
+    ref = _measure(model, IN, rows=ROWS)
+    assert ref["activation_bytes"] == 4 * ROWS * IN + basis == 4608
+    assert fast["activation_bytes"] == 4 * ROWS * IN == 512
+    assert ref["activation_bytes"] - fast["activation_bytes"] >= basis > fast["activation_bytes"]
+    # Scratch belongs to the fast rows only: the reference path allocates none, and none is left over.
+    assert fast["scratch_bytes"] == 4 * ROWS * (1 + G + S) * IN and ref["scratch_bytes"] == 0
+    assert scratch_bytes() == 0
+    params = _param_bytes((OUT, IN), (OUT, IN, G + S), (OUT, IN))
+    assert ref["bytes"] == 2 * params + ref["activation_bytes"]
+    assert fast["bytes"] == 2 * params + fast["activation_bytes"] + fast["scratch_bytes"]
+
+
+def test_reference_mode_inside_a_network_keeps_at_least_the_basis():
+    # With a Linear in front the KAN input needs a gradient and the reference recursion's own intermediates are
+    # kept too (not counted by hand): the gap must still be at least the expanded basis, and fast must stay
+    # below one basis (it keeps the Linear's input and its output).
+    model = nn.Sequential(nn.Linear(6, IN), BSplineKAN(IN, OUT, grid_size=G, spline_order=S))
+    basis = 4 * ROWS * IN * (G + S)
+    set_kan_impl(model, "reference")
+    ref = _measure(model, 6, rows=ROWS)
+    set_kan_impl(model, "fast")
+    fast = _measure(model, 6, rows=ROWS)
+    assert fast["activation_bytes"] == 4 * ROWS * (6 + IN) < basis
+    assert ref["activation_bytes"] - fast["activation_bytes"] >= basis
+    assert ref["scratch_bytes"] == 0 < fast["scratch_bytes"]
+
+
+def test_set_kan_impl_refuses_what_would_be_wrong():
+    with pytest.raises(ValueError, match="impl must be one of"):
+        set_kan_impl(nn.Sequential(BSplineKAN(4, 2)), "dense")
+    trainable = nn.Sequential(RSWAFKAN(4, 2, train_grid=True))  # impl "reference" by construction
+    with pytest.raises(ValueError, match="fixed RSWAF centres"):
+        set_kan_impl(trainable, "fast")
+    assert trainable[0].impl == "reference"
+    assert set_kan_impl(nn.Sequential(nn.Linear(4, 2)), "fast") == 0
+
+
+def test_sweep_records_the_mode_measured():
+    build = lambda: nn.Sequential(nn.Flatten(), BSplineKAN(12, 3))  # noqa: E731
+    fast = memory_sweep(build, [4], (12,), 3, impl="fast")
+    ref = memory_sweep(build, [4], (12,), 3, impl="reference")
+    mlp = memory_sweep(lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, 3)), [4], (12,), 3, impl="reference")
+    assert (fast[0]["impl"], ref[0]["impl"], mlp[0]["impl"]) == ("fast", "reference", "n/a")
+    assert ref[0]["activation_bytes"] - fast[0]["activation_bytes"] >= 4 * 4 * 12 * 8
+    assert ref[0]["scratch_bytes"] == 0 < fast[0]["scratch_bytes"]
+
+
+def test_cli_measures_both_modes_and_the_ratio_to_the_mlp(tmp_path):
+    import json
+
+    from kanvision.analysis.cli import _models, _parser
+    from kanvision.cli import main
+    # A one-block, 16-wide KAN Mixer on the eager kernels (the zoo's storage, under a second), on the CPU: the
+    # saved-tensor method, whatever the default device is.
+    tiny = ["--model", "kan_mixer_tiny_p4_32", "--model-kwargs", '{"num_blocks": 1, "embed_dim": 16}',
+            "--num-classes", "3"]
+    rows = main(["analyze", "memory", *tiny, "--kan", "none", "--kan", "bspline", "--kan-kwargs", KAN_EAGER,
+                 "--batch-sizes", "2", "4", "--impl", "fast", "reference", "--device", "cpu", "--out", str(tmp_path),
+                 "--no-progress"])
+    saved = json.loads((tmp_path / "memory.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(rows)) and saved["mlp_reference"] == MLP
+    key = lambda r: (r["model"], r["impl"], r["batch_size"])  # noqa: E731
+    by = {key(r): r for r in saved["rows"]}
+    # The MLP once (no storage mode), the KAN model once per mode.
+    assert sorted(by) == sorted([(MLP, "n/a", 2), (MLP, "n/a", 4)]
+                                + [(KAN, m, b) for m in ("fast", "reference") for b in (2, 4)])
+    # Each KAN layer's expanded basis, rows from the forward: the reference rows keep at least all of them.
+    ((_, model),) = _models(_parser().parse_args(["memory", *tiny, "--kan", "bspline", "--kan-kwargs", KAN_EAGER,
+                                                  "--device", "cpu"]))
+    layers = [m for m in model.modules() if isinstance(m, BSplineKAN)]
+    rows_per_image = {}
+    hooks = [m.register_forward_hook(lambda mod, inp, out: rows_per_image.__setitem__(
+        mod, inp[0].numel() // mod.in_features)) for m in layers]
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    basis_per_image = sum(4 * rows_per_image[m] * m.in_features * m.num_bases for m in layers)
+    assert layers and all(m.impl == "fast" for m in layers)
+    for bs in (2, 4):
+        fast, ref = by[(KAN, "fast", bs)], by[(KAN, "reference", bs)]
+        assert ref["activation_bytes"] - fast["activation_bytes"] >= bs * basis_per_image
+        assert ref["scratch_bytes"] == 0 < fast["scratch_bytes"]
+    # The ratio: JSON and table both bytes / the MLP's bytes at the same batch size.
+    table = {}
+    for line in (tmp_path / "memory.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 10 and cells[2].isdigit():
+            table[(cells[0], cells[1], int(cells[2]))] = float(cells[4])
+    assert sorted(table) == sorted(by)
+    for k, r in by.items():
+        expected = r["bytes"] / by[(MLP, "n/a", k[2])]["bytes"]
+        assert r["ratio_to_mlp"] == pytest.approx(expected, rel=1e-12)
+        assert table[k] == pytest.approx(expected, abs=0.005)
+    assert by[(KAN, "reference", 4)]["ratio_to_mlp"] != by[(KAN, "fast", 4)]["ratio_to_mlp"]
+    text = (tmp_path / "memory.md").read_text()
+    assert "saved-tensor accounting" in text and "not an allocator peak" in text and "| impl |" in text
+    assert (tmp_path / "memory.png").exists()
+    only = main(["analyze", "memory", *tiny, "--kan", "bspline", "--kan-kwargs", KAN_EAGER, "--batch-sizes", "2",
+                 "--impl", "reference", "--device", "cpu", "--out", str(tmp_path / "ref"), "--no-progress"])
+    assert [(r["impl"], r["ratio_to_mlp"]) for r in only] == [("reference", None)]
+
+
+def test_plot_draws_both_modes(tmp_path, monkeypatch):
+    # Same colour per model, solid fast / dashed reference (the MLP solid), log-log, a legend naming the modes;
+    # an OOM point is a mark at the bottom, not a line point.
+    import matplotlib.pyplot as plt
+
+    from kanvision.analysis.plots import plot_memory
+    figs = []
+    monkeypatch.setattr(plt, "close", figs.append)
+    rows = [dict(model=m, impl=i, batch_size=b, bytes=None if (i, b) == ("reference", 8) else b * 2**20 * k)
+            for m, i, k in ((MLP, "n/a", 1), (KAN, "fast", 2), (KAN, "reference", 5)) for b in (2, 4, 8)]
+    plot_memory(rows, tmp_path / "m.png")
+    ((fig,),) = [figs]
+    ax = fig.axes[0]
+    assert (ax.get_xscale(), ax.get_yscale()) == ("log", "log") and (tmp_path / "m.png").exists()
+    lines = {ln.get_label(): ln for ln in ax.lines if not ln.get_label().startswith("_")}
+    assert sorted(lines) == sorted([f"{MLP}, no KAN layers", f"{KAN}, fast (recomputes basis)",
+                                    f"{KAN}, reference (stores basis)"])
+    fast, ref, mlp = (lines[f"{KAN}, fast (recomputes basis)"], lines[f"{KAN}, reference (stores basis)"],
+                      lines[f"{MLP}, no KAN layers"])
+    assert (fast.get_linestyle(), ref.get_linestyle(), mlp.get_linestyle()) == ("-", "--", "-")
+    assert fast.get_color() == ref.get_color() != mlp.get_color()
+    assert list(ref.get_xdata()) == [2, 4] and list(fast.get_xdata()) == [2, 4, 8]
+    assert "dashed: reference" in ax.get_legend().get_title().get_text()
+    plt.close(fig)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_peak_is_reset_before_each_measurement():
+    # A large step first, then a small one: the small one's allocator peak must be its own, the same as when it
+    # is measured first on a fresh peak, and far below the large one's.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.Tanh(), BSplineKAN(256, 10)).cuda()
+    small = lambda: measure_step(model, torch.randn(8, 64, device="cuda"),  # noqa: E731
+                                 torch.zeros(8, dtype=torch.long, device="cuda"))
+    first = small()
+    big = measure_step(model, torch.randn(4096, 64, device="cuda"), torch.zeros(4096, dtype=torch.long, device="cuda"))
+    again = small()
+    assert "allocator peak" in first["method"] and again["bytes"] == first["bytes"] < big["bytes"] / 10

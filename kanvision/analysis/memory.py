@@ -1,14 +1,22 @@
 """Peak memory of one training step, measured, beside the limitations paper's analytic KAN estimate.
 
 Measurement:
-- CUDA: `torch.cuda.max_memory_allocated` over forward + backward + optimizer step, minus the memory
-  allocated before the step (the allocator's real peak).
+- CUDA: the caching allocator's peak, `torch.cuda.max_memory_allocated`, over forward + backward + optimizer
+  step, minus the memory allocated before the step (parameters, inputs, anything else already on the device);
+  one unmeasured warm-up step first (compiled kernels, cuBLAS workspace), then the peak statistics are reset
+  (`torch.cuda.reset_peak_memory_stats`) right before the measured step. Gradients are inside the peak.
 - CPU (no allocator statistics): saved-tensor accounting. A `saved_tensors_hooks` pair records every
   tensor autograd keeps for backward, de-duplicated by storage; the reported number is
   parameters + gradients + saved activations + the fast KAN kernels' scratch buffers (kept between steps,
   one per thread and slot, sized by the largest layer call; see kanvision.layers.workspace). It is a
   measured lower bound on the step's peak: transient memory freed inside an op is not seen. The method
   is returned with every result.
+
+Storage modes (`impl`, issue 14): every BSplineKAN / RSWAFKAN layer runs either "fast" (our kernels: the basis
+is rebuilt in backward from the saved input, inside reused scratch buffers) or "reference" (plain autograd, which
+keeps the expanded (N, in, G + S) basis for backward, as efficient-kan does). `set_kan_impl` switches a model's
+layers so both can be measured on the same weights; the reference path allocates no scratch, and `measure_step`
+frees the scratch before and after each CPU measurement, so a fast run's buffers never count in a reference row.
 
 Analytic estimate (`kan_layer_estimate`, ours): per KAN layer with I inputs, B rows, grid size G, spline
 order S, forward I(1+G+S)B and backward I(G+S-1)B elements, converted to bytes with the parameter dtype's size;
@@ -28,7 +36,10 @@ from torch import nn
 from kanvision.device import synchronize
 from kanvision.layers.workspace import release_scratch, scratch_bytes
 
-__all__ = ["kan_layer_estimate", "analytic_estimate", "paper_estimate", "measure_step", "memory_sweep"]
+__all__ = ["kan_layer_estimate", "analytic_estimate", "paper_estimate", "measure_step", "memory_sweep",
+           "IMPLS", "impl_layers", "set_kan_impl", "add_mlp_ratios", "memory_table"]
+
+IMPLS = ("fast", "reference")
 
 
 PAPER = ('Avik Pal and Dipankar Das, "Understanding the Limitations of B-Spline KANs: Convergence Dynamics and '
@@ -64,6 +75,30 @@ def _kan_layers(model: nn.Module):
             yield name, m, m.grid_size, m.spline_order
         elif isinstance(m, RSWAFKAN):
             yield name, m, m.num_grids, 0
+
+
+def impl_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every layer with a storage mode: an `impl` attribute that is "fast" or "reference"."""
+    return [(name, m) for name, m in model.named_modules() if getattr(m, "impl", None) in IMPLS]
+
+
+def set_kan_impl(model: nn.Module, impl: str) -> int:
+    """Set `impl` on every layer `impl_layers` finds; returns how many. ValueError for an unknown mode, or for
+    "fast" on an RSWAF layer with trainable centres or width (its fast kernel treats them as constants, so their
+    gradients would silently be missing); nothing is changed then."""
+    from kanvision.layers import RSWAFKAN
+    if impl not in IMPLS:
+        raise ValueError(f"set_kan_impl: impl must be one of {IMPLS}, got {impl!r}")
+    layers = impl_layers(model)
+    if impl == "fast":
+        trainable = [name for name, m in layers if isinstance(m, RSWAFKAN)
+                     and any(isinstance(t, nn.Parameter) for t in (m.rbf.grid, m.rbf.denominator))]
+        if trainable:
+            raise ValueError(f"set_kan_impl: impl 'fast' needs fixed RSWAF centres and width, but {trainable} train "
+                             "them; only impl 'reference' supports that")
+    for _, m in layers:
+        m.impl = impl
+    return len(layers)
 
 
 def analytic_estimate(model: nn.Module, example: torch.Tensor, batch_size: int) -> dict[str, float]:
@@ -108,49 +143,74 @@ def saved_tensor_bytes(module: nn.Module, run: Callable[[], Any]) -> tuple[int, 
     return sum(seen.values()), out
 
 
+CUDA_METHOD = ("cuda allocator peak: torch.cuda.max_memory_allocated over forward + backward + SGD step, minus "
+               "the memory allocated before the step; peak stats reset before each measured step, after one "
+               "warm-up step")
+CPU_METHOD = ("cpu saved-tensor accounting: params + grads + tensors saved for backward + the fast KAN kernels' "
+              "scratch buffers (lower bound; not an allocator peak)")
+
+
 def measure_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                  loss_fn: Callable = F.cross_entropy) -> dict[str, float | str]:
     """Bytes of one SGD training step (see the module docstring for the method per device)."""
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: measure without changing the weights
-    opt.zero_grad(set_to_none=True)
     if x.is_cuda:
         # Statistics of x's device: the current device is another one for cuda:N unless it was set.
         device = x.device
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()  # warm-up: one-time allocations (compilation, cuBLAS) out of the peak
+        opt.zero_grad(set_to_none=True)
         synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         loss_fn(model(x), y).backward()
         opt.step()
         synchronize(device)
-        return {"bytes": torch.cuda.max_memory_allocated(device) - base, "method": "cuda.max_memory_allocated"}
-    release_scratch()  # count this model's own scratch, not a larger earlier one's
-    saved, loss = saved_tensor_bytes(model, lambda: loss_fn(model(x), y))
-    loss.backward()
-    opt.step()
+        peak = torch.cuda.max_memory_allocated(device)
+        return {"bytes": peak - base, "allocator_peak_bytes": peak, "allocated_before_bytes": base,
+                "method": CUDA_METHOD}
+    opt.zero_grad(set_to_none=True)
+    release_scratch()  # count this model's own scratch, not a larger earlier one's (or another mode's)
+    try:
+        saved, loss = saved_tensor_bytes(model, lambda: loss_fn(model(x), y))
+        loss.backward()
+        opt.step()
+        scratch = scratch_bytes()
+    finally:
+        release_scratch()  # and leave none behind for the next measurement
     pbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    scratch = scratch_bytes()
     return {"bytes": 2 * pbytes + saved + scratch, "activation_bytes": saved, "scratch_bytes": scratch,
-            "method": "cpu saved-tensor accounting: params + grads + tensors saved for backward + the fast KAN "
-                      "kernels' scratch buffers (lower bound)"}
+            "method": CPU_METHOD}
+
+
+def _impl_of(model: nn.Module) -> str:
+    """The storage mode of the model's KAN layers: "fast", "reference", "mixed", or "n/a" (none)."""
+    modes = {m.impl for _, m in impl_layers(model)}
+    return "n/a" if not modes else modes.pop() if len(modes) == 1 else "mixed"
 
 
 def memory_sweep(build: Callable[[], nn.Module], batch_sizes, input_shape, num_classes: int,
                  device="cpu", cap_bytes: float | None = None,
-                 progress: Callable[[int], None] | None = None) -> list[dict]:
+                 progress: Callable[[int], None] | None = None, impl: str | None = None) -> list[dict]:
     """One row per batch size; OOM (real, or above `cap_bytes` on CPU) is a row with bytes=None.
 
+    `impl` ("fast" / "reference"): set on every KAN layer of each built model (`set_kan_impl`); None measures
+    the model as built. Each row records the mode measured under "impl" ("n/a" for a model without KAN layers).
     `progress(batch_size)` is called after each batch size's row, skipped ones included.
     """
     rows, over = [], False
     for bs in sorted(batch_sizes):
         row = {"batch_size": bs}
         if over:  # a smaller batch already exceeded the cap: larger ones would too
-            rows.append(dict(row, bytes=None, oom="skipped: smaller batch over the cap"))
+            rows.append(dict(row, impl=rows[-1]["impl"], bytes=None, oom="skipped: smaller batch over the cap"))
             if progress is not None:
                 progress(bs)
             continue
         model = build().to(device)
+        if impl is not None:
+            set_kan_impl(model, impl)
+        row["impl"] = _impl_of(model)
         x = torch.randn(bs, *input_shape, device=device)
         y = torch.randint(0, num_classes, (bs,), device=device)
         try:
@@ -162,10 +222,48 @@ def memory_sweep(build: Callable[[], nn.Module], batch_sizes, input_shape, num_c
             row.update(measured_bytes=row["bytes"], bytes=None, oom=f"over the {cap_bytes:.0f}-byte cap")
             over = True
         rows.append(row)
+        model.zero_grad(set_to_none=True)  # the step's gradients are not the next measurement's baseline
         del model, x, y
+        release_scratch()
         if torch.device(device).type == "cuda":
             with torch.cuda.device(device):  # empty_cache acts on the current device
                 torch.cuda.empty_cache()
         if progress is not None:
             progress(bs)
     return rows
+
+
+def add_mlp_ratios(rows: list[dict]) -> str | None:
+    """Set each row's "ratio_to_mlp": its bytes / the bytes of the MLP row of the same batch size (None where
+    either is missing). The MLP is the first model whose label ends in ":none"; its label is returned (None
+    when there is none, and then every ratio is None)."""
+    mlp = next((r["model"] for r in rows if r["model"].endswith(":none")), None)
+    mlp_bytes = {r["batch_size"]: r["bytes"] for r in rows if r["model"] == mlp}
+    for r in rows:
+        ref = mlp_bytes.get(r["batch_size"])
+        r["ratio_to_mlp"] = r["bytes"] / ref if r["bytes"] is not None and ref else None
+    return mlp
+
+
+def memory_table(rows: list[dict], mlp: str | None) -> list[str]:
+    """memory.md lines: the method(s), the units, what impl and "x MLP" mean, then one row per (model, impl,
+    batch size); rows as memory_sweep returns them plus "model" and add_mlp_ratios' "ratio_to_mlp"."""
+    mb = lambda b: "-" if b is None else f"{b / 2**20:.2f}"  # noqa: E731
+    methods = list(dict.fromkeys(r["method"] for r in rows if "method" in r)) or ["see kanvision/analysis/memory.py"]
+    lines = [f"method: {'; '.join(methods)}", "units: MiB (2^20 bytes)",
+             "impl: fast = our kernels (basis recomputed in backward, reused scratch buffers); reference = plain "
+             "autograd storing the expanded basis (efficient-kan style); n/a = no KAN layers",
+             (f"x MLP: measured / measured of {mlp} at the same batch size" if mlp else
+              "x MLP: no MLP model (label ending in ':none') among those measured"),
+             "estimates: kanvision.analysis.memory.kan_layer_estimate, our per-layer count (not the paper's Eq. (1))",
+             "",
+             "| model | impl | batch | measured | x MLP | saved for backward | scratch | KAN fwd est. (ours) | "
+             "KAN bwd est. (ours) | KAN params |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        measured = "OOM" if r["bytes"] is None else mb(r["bytes"])
+        ratio = "-" if r.get("ratio_to_mlp") is None else f"{r['ratio_to_mlp']:.2f}"
+        lines.append(f"| {r['model']} | {r['impl']} | {r['batch_size']} | {measured} | {ratio} | "
+                     f"{mb(r.get('activation_bytes'))} | {mb(r.get('scratch_bytes'))} | "
+                     f"{mb(r.get('estimate_forward_bytes'))} | {mb(r.get('estimate_backward_bytes'))} | "
+                     f"{mb(r.get('estimate_kan_param_bytes'))} |")
+    return lines

@@ -28,20 +28,31 @@ def plot_densities(densities: dict[str, dict], path: Path) -> None:
 
 
 def plot_memory(rows: list[dict], path: Path) -> None:
-    """Memory vs batch size, one line per model/kind; OOM points are missing (x marks on the axis)."""
+    """Memory vs batch size on log-log axes: one colour per model, solid for impl "fast" (and for models without
+    KAN layers, "n/a"), dashed for "reference"; OOM points are x marks along the bottom edge."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for label in dict.fromkeys(r["model"] for r in rows):
-        pts = [r for r in rows if r["model"] == label]
+    styles = {"fast": "-", "reference": "--", "n/a": "-"}
+    names = {"fast": "fast (recomputes basis)", "reference": "reference (stores basis)", "n/a": "no KAN layers"}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    colours = {}
+    for label, impl in dict.fromkeys((r["model"], r.get("impl", "n/a")) for r in rows):
+        pts = [r for r in rows if r["model"] == label and r.get("impl", "n/a") == impl]
         ok = [r for r in pts if r["bytes"] is not None]
-        line, = ax.plot([r["batch_size"] for r in ok], [r["bytes"] / 2**20 for r in ok], "o-", label=label)
+        colour = colours.setdefault(label, f"C{len(colours) % 10}")
+        ax.plot([r["batch_size"] for r in ok], [r["bytes"] / 2**20 for r in ok], marker="o",
+                linestyle=styles.get(impl, ":"), color=colour, label=f"{label}, {names.get(impl, impl)}")
         oom = [r["batch_size"] for r in pts if r["bytes"] is None]
-        if oom:
-            ax.plot(oom, [0] * len(oom), "x", color=line.get_color())
+        if oom:  # log axes have no 0: mark at the bottom edge (x in data, y in axes coordinates)
+            ax.plot(oom, [0.02] * len(oom), "x", color=colour, transform=ax.get_xaxis_transform(), clip_on=False)
     ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
     ax.set_xlabel("batch size")
     ax.set_ylabel("training-step memory (MiB)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    methods = list(dict.fromkeys(r["method"].split(":")[0] for r in rows if "method" in r))
+    if methods:  # "cpu saved-tensor accounting" or "cuda allocator peak"
+        ax.set_title("; ".join(methods), fontsize=8)
+    # Beside the axes, not on them: the lines span the whole plot.
+    ax.legend(fontsize=7, title="solid: fast, dashed: reference", title_fontsize=7, loc="upper left",
+              bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
