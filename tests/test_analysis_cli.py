@@ -146,3 +146,43 @@ def test_throughput_of_a_timed_workload():
     out = throughput(nn.Sequential(nn.Flatten(), Sleepy(12, 3)), (12,), 3, batch_size=8, warmup=1, repeats=3)
     for key in ("train_images_per_s", "inference_images_per_s"):
         assert 200 < out[key] <= 400, (key, out[key])
+
+
+def test_hessian_on_training_images_excludes_the_hold_out(tmp_path):
+    """--split train: the Hessian's images are trained-on images, never the validation hold-out, which is
+    scored beside them for the train-vs-validation gap; asking for more images than that is one clear line."""
+    import argparse
+
+    import numpy as np
+    import timm
+    import torch
+    from PIL import Image
+
+    from kanvision.analysis.hessian_cli import _train_split
+
+    g = np.random.default_rng(0)
+    for c in ("a", "b", "c"):
+        (tmp_path / "train" / c).mkdir(parents=True)
+        for i in range(6):  # 18 distinct noise images
+            Image.fromarray(g.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "train" / c / f"{i}.png")
+    kw = ["--model", "test_vit", "--model-kwargs", '{"img_size": 16}', "--num-classes", "3", "--kan", "none",
+          "--device", "cpu", "--data", "imagefolder", "--data-root", str(tmp_path), "--val-split", "6",
+          "--batch-size", "4", "--top-k", "1", "--bottom-k", "0", "--steps", "3", "--probes", "1",
+          "--trace-probes", "0", "--no-progress"]
+    res = main(["analyze", "hessian", *kw, "--batches", "3", "--out", str(tmp_path / "out")])
+    r = res["models"]["test_vit:none"]
+    assert r["images"] == 12 and r["scores"]["held_out"]["images"] == 6
+    assert r["scores"]["gap_top1"] == pytest.approx(r["scores"]["hessian_images"]["top1"]
+                                                    - r["scores"]["held_out"]["top1"])
+    assert r["relative_counts"][0]["exact_topk"] == 1 and r["top"]["converged"]
+
+    args = argparse.Namespace(data_root=str(tmp_path), batch_size=4, batches=3, val_split=6, data_seed=0)
+    model = timm.create_model("test_vit", img_size=16, num_classes=3)
+    model.pretrained_cfg = {"mean": (0.5,) * 3, "std": (0.5,) * 3}
+    hess, held = _train_split(args, model)
+    hess_x, held_x = torch.cat([x for x, _ in hess]), torch.cat([x for x, _ in held])
+    assert len(hess_x) == 12 and len(held_x) == 6
+    # 18 distinct images: the 12 and the 6 are disjoint, so together they are the whole training folder.
+    assert not any(torch.equal(h, v) for h in hess_x for v in held_x)
+    with pytest.raises(SystemExit, match="only 12 are outside the hold-out"):
+        _train_split(argparse.Namespace(**{**vars(args), "batches": 4}), model)

@@ -28,8 +28,8 @@ class FakeClock:
 def test_hessian_progress_goes_to_stderr_and_changes_no_number(tmp_path, capsys):
     shown = main(["analyze", "hessian", *TINY, *HESSIAN, "--out", str(tmp_path / "a")])
     out, err = capsys.readouterr()
-    for line in ("hessian test_vit:none: ARPACK largest: started (at most ",
-                 "hessian test_vit:none: ARPACK smallest: done, ",
+    for line in ("hessian test_vit:none: ARPACK largest + residuals: started (at most ",
+                 "hessian test_vit:none: ARPACK smallest + residuals: done, ",
                  "hessian test_vit:none: SLQ: probe 2/2: ",
                  "hessian test_vit:none: SLQ: done, 8 HVPs in ",
                  "hessian test_vit:none: Hutchinson trace: done, 2 HVPs in "):
@@ -37,7 +37,8 @@ def test_hessian_progress_goes_to_stderr_and_changes_no_number(tmp_path, capsys)
     estimate = [l for l in err.splitlines() if "(first, with setup)" in l]
     assert len(estimate) == 1  # printed once per model
     low, high = arpack_hvp_bounds(shown["models"]["test_vit:none"]["num_params"], 2, 2)
-    assert f"10 HVPs for SLQ + Hutchinson and {2 * low}-{2 * high} for ARPACK's two ends -> between " in estimate[0]
+    # 8 SLQ + 2 Hutchinson + 2 x 2 residual HVPs, then ARPACK's two ends
+    assert f"14 HVPs for SLQ, Hutchinson and residuals and {2 * low}-{2 * high} for ARPACK -> between " in estimate[0]
     assert "HVP" not in out and "params=" in out and "wrote " in out  # stdout: results only
 
     quiet = main(["analyze", "hessian", *TINY, *HESSIAN, "--no-progress", "--out", str(tmp_path / "b")])
@@ -50,7 +51,7 @@ def test_hessian_progress_goes_to_stderr_and_changes_no_number(tmp_path, capsys)
     assert a == b and "no_progress" not in a["settings"]
     assert shown["models"]["test_vit:none"]["trace"] == quiet["models"]["test_vit:none"]["trace"]
     # The ARPACK bounds in the estimate hold on this real model: what ran lies between them.
-    arpack_calls = a["models"]["test_vit:none"]["hvp_calls"] - 10
+    arpack_calls = a["models"]["test_vit:none"]["hvp_calls"] - 14
     assert 2 * low <= arpack_calls <= 2 * high
 
 
@@ -60,7 +61,7 @@ def test_memory_and_throughput_report_phases(tmp_path, capsys):
     assert "memory test_vit:none: started (8 images)" in err
     assert "memory test_vit:none: batch 2 done: 2/8 images, " in err and " left" in err
     assert "memory test_vit:none: done, 8 images in " in err
-    assert "| test_vit:none | 2 |" in out and "images" not in out
+    assert "| test_vit:none | n/a | 2 |" in out and "images" not in out.split("\n\n", 1)[1]
 
     main(["analyze", "throughput", *TINY, "--batch-size", "2", "--warmup", "1", "--repeats", "2",
           "--out", str(tmp_path)])

@@ -3,7 +3,8 @@
 Models: `--checkpoint PATH` (repeatable; kanvision.load_pretrained) or `--model NAME --kan KIND ...`
 (repeatable kinds; untrained, built with timm.create_model). Data for the Hessian: `--data synthetic`
 (seeded Gaussian images, random labels) or `--data imagefolder --data-root DIR` (DIR/test/<class>/*.jpg,
-resized to the model's input size and normalised with its mean/std). `--device` (every subcommand; default
+resized to the model's input size and normalised with its mean/std; the Hessian reads training images, see
+kanvision.analysis.hessian_cli). `--device` (every subcommand; default
 cuda when available, else cpu): models and data are moved there and timings synchronize that device.
 Results go to stdout and files; progress and measured time estimates to stderr (kanvision.analysis.progress),
 off with `--no-progress`.
@@ -36,6 +37,15 @@ def _json_arg(flag: str, text: str | None) -> dict:
     return value
 
 
+def _run_label(path, config: dict) -> str:
+    """'arch:kan', with the run's name when the file sits in a run's <name>/version_N/checkpoints/."""
+    label = f"{config['architecture']}:{config['model_args'].get('kan') or 'none'}"
+    parts = Path(path).parts
+    if len(parts) >= 4 and parts[-2] == "checkpoints" and parts[-3].startswith("version_"):
+        label += f" ({parts[-4]})"
+    return label
+
+
 def _models(args) -> list[tuple[str, torch.nn.Module]]:
     import timm
     import kanvision  # noqa: F401  registers the zoo
@@ -49,7 +59,7 @@ def _models(args) -> list[tuple[str, torch.nn.Module]]:
                 raise SystemExit(f"kanvision analyze: {e}") from None
             config = model.kanvision_config
             # Label by what the weights are (runs all end in last.ckpt), the file only to break ties.
-            label = f"{config['architecture']}:{config['model_args'].get('kan') or 'none'}"
+            label = Path(path).name if Path(path).is_dir() else _run_label(path, config)
             if any(label == seen for seen, _ in out):
                 label = f"{label} ({path})"
             out.append((label, model.to(args.device)))
@@ -115,119 +125,48 @@ def _settings(args) -> dict:
     return {k: v for k, v in vars(args).items() if k != "no_progress"}
 
 
-def _hessian_estimate(name: str, first: float, second: float, slq: int, trace: int,
-                      arpack: tuple[int, int | None]) -> str:
-    """The up-front estimate, at the measured rate of the second HVP (the first one pays one-time setup)."""
-    from kanvision.analysis.progress import format_duration as fmt
-    low, high = 2 * arpack[0], (2 * arpack[1] if arpack[1] is not None else None)
-    fixed = slq + trace
-    arpack_text = f"{low}-{high}" if high is not None else f"at least {low} (no --maxiter bound)"
-    span = (f"between {fmt(second * (fixed + low))} and {fmt(second * (fixed + high))}" if high is not None
-            else f"at least {fmt(second * (fixed + low))}")
-    return (f"{name}: HVPs took {fmt(first)} (first, with setup) then {fmt(second)}; {fixed} HVPs for "
-            f"SLQ + Hutchinson and {arpack_text} for ARPACK's two ends -> {span} at that rate")
-
-
-def _hessian_model(args, H, label: str, model, rep, index: str) -> tuple:
-    """One model's HVP phases, each reported as it runs; returns (operator, top, bottom, slq runs, trace)."""
-    op = H.HessianOperator(model, _batches(args, model), device=args.device)
-    arpack = H.arpack_hvp_bounds(op.size, args.top_k, args.maxiter)
-    name = f"hessian {label}{index}"
-    state = {"phase": None, "detail": lambda done: None, "ends": [rep.clock()]}
-
-    def after_hvp():
-        phase = state["phase"]
-        phase.advance(detail=state["detail"](phase.done + 1))
-        ends = state["ends"]
-        if len(ends) < 3:
-            ends.append(rep.clock())
-            if len(ends) == 3:
-                rep.note(_hessian_estimate(name, ends[1] - ends[0], ends[2] - ends[1], args.probes * args.steps,
-                                           args.trace_probes, arpack))
-
-    op.after_matvec = after_hvp
-
-    def run(what, total, fn, detail=lambda done: None, bound=False):
-        with rep.phase(f"{name}: {what}", total=total, unit="HVP", bound=bound) as phase:
-            state["phase"], state["detail"] = phase, detail
-            return fn()
-
-    try:
-        top = run("ARPACK largest", arpack[1], lambda: H.top_eigenvalues(
-            op, args.top_k, "LA", tol=args.tol, maxiter=args.maxiter), bound=True)
-        bottom = run("ARPACK smallest", arpack[1], lambda: H.top_eigenvalues(
-            op, args.top_k, "SA", tol=args.tol, maxiter=args.maxiter), bound=True)
-        runs = run("SLQ", args.probes * args.steps, lambda: H.slq(op, args.steps, args.probes, seed=args.seed),
-                   lambda done: f"probe {min((done - 1) // max(args.steps, 1) + 1, args.probes)}/{args.probes}")
-        trace = run("Hutchinson trace", args.trace_probes,
-                    lambda: H.hutchinson_trace(op, args.trace_probes, seed=args.seed),
-                    lambda done: f"probe {done}/{args.trace_probes}")
-    finally:
-        op.after_matvec = None
-    return op, top, bottom, runs, trace
-
-
-def hessian_main(args) -> dict:
-    from kanvision.analysis import hessian as H
-    from kanvision.analysis.plots import plot_densities
-
-    results = {"settings": _settings(args) | {"model_mode": "eval (BatchNorm running stats, Dropout/DropPath off)",
-                                              "threads": torch.get_num_threads()}, "models": {}}
-    models = _models(args)
-    with _reporter(args) as rep:
-        for i, (label, model) in enumerate(models):
-            t0 = time.time()
-            index = f" (model {i + 1}/{len(models)})" if len(models) > 1 else ""
-            op, top, bottom, runs, trace = _hessian_model(args, H, label, model, rep, index)
-            dens = H.density_from_slq(runs)
-            results["models"][label] = {
-                "num_params": op.size, "loss": op.loss(), "top_eigenvalues": top.tolist(),
-                "bottom_eigenvalues": bottom.tolist(), "trace": trace, "slq": runs, "density": dens,
-                "counts": H.large_eigenvalue_counts(args.threshold, op.size, runs, top, bottom),
-                "hvp_calls": op.calls, "seconds": time.time() - t0}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "hessian.json").write_text(json.dumps(results, indent=1, default=str))
-    plot_densities({k: v["density"] for k, v in results["models"].items()}, out / "hessian_density.png")
-    for label, r in results["models"].items():
-        print(f"{label}: params={r['num_params']} loss={r['loss']:.4f} top={r['top_eigenvalues'][:3]} "
-              f"bottom={r['bottom_eigenvalues'][:3]} trace={r['trace']['trace']:.4g}+-{r['trace']['stderr']:.2g} "
-              f"counts={r['counts']}")
-    print(f"wrote {out/'hessian.json'} and {out/'hessian_density.png'}")
-    return results
-
-
 def memory_main(args) -> list[dict]:
-    from kanvision.analysis.memory import memory_sweep
+    from kanvision.analysis.memory import add_mlp_ratios, impl_layers, memory_sweep, memory_table, set_kan_impl
     from kanvision.analysis.plots import plot_memory
 
     rows = []
     models = _models(args)
+    impls = list(dict.fromkeys(args.impl))
     with _reporter(args) as rep:
         for i, (label, model) in enumerate(models):
             shape = _input_shape(model)
             state = {k: v.clone() for k, v in model.state_dict().items()}
+            as_built = {name: m.impl for name, m in impl_layers(model)}
+            # A model without KAN layers has no storage mode: measured once, impl "n/a".
+            modes = impls if as_built else [None]
+            for mode in modes:
+                if mode is not None:
+                    try:
+                        set_kan_impl(model, mode)
+                    except ValueError as e:
+                        raise SystemExit(f"kanvision analyze memory: {label}: {e}; pass --impl reference") from None
 
-            def build(model=model, state=state):
-                model.load_state_dict(state)
-                return model
-            cap = args.max_memory_gb * 2**30 if args.max_memory_gb else None
-            index = f" (model {i + 1}/{len(models)})" if len(models) > 1 else ""
-            # Counted in images, not batch sizes: a step's cost grows with its batch, so the estimate holds.
-            with rep.phase(f"memory {label}{index}", total=sum(args.batch_sizes), unit="image") as phase:
-                for r in memory_sweep(build, args.batch_sizes, shape,
-                                      getattr(model, "num_classes", args.num_classes), device=args.device,
-                                      cap_bytes=cap, progress=lambda bs: phase.advance(bs, f"batch {bs} done")):
-                    rows.append(dict(r, model=label))
+                def build(model=model, state=state):
+                    model.load_state_dict(state)
+                    return model
+                cap = args.max_memory_gb * 2**30 if args.max_memory_gb else None
+                index = f" (model {i + 1}/{len(models)})" if len(models) > 1 else ""
+                name = f"memory {label} impl={mode}{index}" if mode else f"memory {label}{index}"
+                # Counted in images, not batch sizes: a step's cost grows with its batch, so the estimate holds.
+                with rep.phase(name, total=sum(args.batch_sizes), unit="image") as phase:
+                    for r in memory_sweep(build, args.batch_sizes, shape,
+                                          getattr(model, "num_classes", args.num_classes), device=args.device,
+                                          cap_bytes=cap, progress=lambda bs: phase.advance(bs, f"batch {bs} done"),
+                                          impl=mode):
+                        rows.append(dict(r, model=label))
+            for name, m in impl_layers(model):  # the model as it was built
+                m.impl = as_built[name]
+    mlp = add_mlp_ratios(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "memory.json").write_text(json.dumps({"settings": _settings(args), "rows": rows}, indent=1, default=str))
-    mb = lambda b: "OOM" if b is None else f"{b / 2**20:.1f}"  # noqa: E731
-    lines = [f"method: {rows[0].get('method', 'see memory.py')}; MiB",
-             "estimates: kanvision.analysis.memory.kan_layer_estimate, our per-layer count (not the paper's Eq. (1))", "",
-             "| model | batch | measured | KAN fwd est. (ours) | KAN bwd est. (ours) | KAN params |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['batch_size']} | {mb(r['bytes'])} | {mb(r.get('estimate_forward_bytes'))} | "
-              f"{mb(r.get('estimate_backward_bytes'))} | {mb(r.get('estimate_kan_param_bytes'))} |" for r in rows]
+    (out / "memory.json").write_text(json.dumps({"settings": _settings(args), "mlp_reference": mlp, "rows": rows},
+                                                indent=1, default=str))
+    lines = memory_table(rows, mlp)
     (out / "memory.md").write_text("\n".join(lines) + "\n")
     plot_memory(rows, out / "memory.png")
     print("\n".join(lines))
@@ -305,15 +244,8 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--device", default=default_device(), help="cpu, cuda or cuda:N (default: %(default)s)")
         s.add_argument("--no-progress", action="store_true",
                        help="no progress or time estimates on stderr (results on stdout are the same)")
-    h = sub.choices["hessian"]
-    h.add_argument("--top-k", type=int, default=5)
-    h.add_argument("--tol", type=float, default=1e-4)
-    h.add_argument("--maxiter", type=int, default=None,
-                   help="ARPACK restarts per end (bounds the HVPs; unconverged eigenvalues are left out)")
-    h.add_argument("--steps", type=int, default=40, help="Lanczos steps per SLQ probe")
-    h.add_argument("--probes", type=int, default=3, help="SLQ probe vectors")
-    h.add_argument("--trace-probes", type=int, default=30, help="Hutchinson Rademacher probes")
-    h.add_argument("--threshold", type=float, default=1.0, help="|eigenvalue| above this counts as large")
+    from kanvision.analysis.hessian_cli import add_arguments
+    add_arguments(sub.choices["hessian"])
     sp = sub.choices["splines"]
     sp.add_argument("--layer", type=int, default=0, help="index among the model's KAN layers, in module order")
     sp.add_argument("--top", type=int, default=9, help="edges to plot, most important first")
@@ -329,6 +261,10 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.choices["memory"]
     m.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 32, 128])
     m.add_argument("--max-memory-gb", type=float, help="CPU cap: points measured above it are shown as OOM")
+    m.add_argument("--impl", nargs="+", choices=("fast", "reference"), default=["fast", "reference"],
+                   help="storage modes to measure every KAN model in: fast = our recomputing kernels, reference = "
+                        "plain autograd storing the basis (efficient-kan style); models without KAN layers are "
+                        "measured once (impl n/a) (default: %(default)s)")
     return p
 
 
@@ -338,4 +274,5 @@ def main(argv: list[str] | None = None):
         args.device = resolve_device(args.device)
     except DeviceError as e:
         raise SystemExit(f"kanvision analyze {args.command}: {e}") from None
+    from kanvision.analysis.hessian_cli import hessian_main
     return {"hessian": hessian_main, "memory": memory_main, "splines": splines_main, "throughput": throughput_main}[args.command](args)

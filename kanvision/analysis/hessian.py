@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["HessianOperator", "top_eigenvalues", "lanczos", "slq", "density_from_slq", "hutchinson_trace",
-           "large_eigenvalue_counts", "arpack_hvp_bounds"]
+__all__ = ["HessianOperator", "top_eigenvalues", "extreme_eigenpairs", "lanczos", "slq", "density_from_slq",
+           "hutchinson_trace", "large_eigenvalue_counts", "relative_counts", "arpack_hvp_bounds"]
 
 
 class HessianOperator:
@@ -123,6 +123,66 @@ def top_eigenvalues(op: HessianOperator, k: int = 5, which: str = "LA", tol: flo
         # what converged within maxiter rather than run unbounded; callers see fewer than k values.
         vals = np.asarray(e.eigenvalues)
     return np.sort(vals)[::-1] if which != "SA" else np.sort(vals)
+
+
+def extreme_eigenpairs(op: HessianOperator, k: int = 5, which: str = "LA", tol: float = 1e-6,
+                       maxiter: int | None = None, seed: int = 0) -> dict:
+    """k extreme eigenvalues with their residuals ||H v - lambda v|| / |lambda| and ARPACK's verdict.
+
+    Unlike `top_eigenvalues`, nothing is dropped quietly: on ArpackNoConvergence the values that did converge
+    are kept and `converged` is False. Each residual costs one more HVP (computed from the returned vector, so
+    it checks the pair itself, not ARPACK's own estimate); a residual near `tol` or below means the pair is
+    an eigenpair to that accuracy.
+    """
+    from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+
+    if which not in ("LA", "SA", "LM"):
+        raise ValueError(f"which must be LA, SA or LM, got {which!r}")
+    k = min(k, op.size - 1)
+    v0 = np.random.default_rng(seed).standard_normal(op.size)
+    start = op.calls
+    converged = True
+    try:
+        vals, vecs = eigsh(op.linear_operator(), k=k, which=which, tol=tol, maxiter=maxiter, v0=v0)
+    except ArpackNoConvergence as e:
+        vals, vecs, converged = np.asarray(e.eigenvalues), np.asarray(e.eigenvectors), False
+    arpack_hvps = op.calls - start
+    order = np.argsort(vals) if which == "SA" else np.argsort(vals)[::-1]
+    vals, vecs = vals[order], vecs[:, order]
+    residuals = []
+    for lam, v in zip(vals, vecs.T):
+        hv = op.matvec(torch.from_numpy(np.ascontiguousarray(v))).double().cpu().numpy()
+        residuals.append(float(np.linalg.norm(hv - lam * v) / max(abs(lam), 1e-30)))
+    return {"values": vals.tolist(), "residuals": residuals, "converged": converged, "requested": k,
+            "tol": tol, "arpack_hvps": arpack_hvps}
+
+
+def relative_counts(top: Sequence[float], size: int, runs: list[dict] | None, fractions: Iterable[float],
+                    k_requested: int | None = None) -> list[dict]:
+    """The limitations paper's statistic: how many eigenvalues exceed a fraction r of the largest one.
+
+    For each r: `exact` counts the computed top eigenvalues above r * lambda_max (a lower bound; `saturated`
+    when all k_requested of them are above, so more may be); `slq` is size x the SLQ spectral mass above
+    r * lambda_max (its estimate, including the part beyond the top-k); both also per parameter.
+    """
+    top = list(top)
+    if not top:
+        return []
+    lam = max(top)
+    k = len(top) if k_requested is None else k_requested
+    out = []
+    for r in fractions:
+        cut = r * lam
+        exact = int(sum(v > cut for v in top))
+        row = {"fraction": float(r), "threshold": float(cut), "exact_topk": exact, "saturated": exact >= k,
+               "exact_per_param": exact / size}
+        if runs:
+            nodes = np.concatenate([q["nodes"] for q in runs])
+            weights = np.concatenate([q["weights"] for q in runs]) / len(runs)
+            est = float(size * weights[nodes > cut].sum())
+            row |= {"slq": est, "slq_per_param": est / size}
+        out.append(row)
+    return out
 
 
 def arpack_hvp_bounds(size: int, k: int, maxiter: int | None) -> tuple[int, int | None]:
