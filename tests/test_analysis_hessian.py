@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kanvision.analysis.hessian import (HessianOperator, density_from_slq, hutchinson_trace,
+from kanvision.analysis.hessian import (HessianOperator, density_from_slq, hutchinson_trace, lanczos,
                                         large_eigenvalue_counts, slq, top_eigenvalues)
 
 
@@ -174,3 +174,30 @@ def test_relative_counts_are_the_papers_statistic(quadratic):
     assert abs(rows[0]["slq"] - 2) < 4 * spread and rows[0]["slq_per_param"] == pytest.approx(rows[0]["slq"] / d)
     assert abs(rows[2]["slq"] - 3) < 4 * np.std([relative_counts(top, d, [q], (0.05,))[0]["slq"] for q in runs],
                                                 ddof=1) / np.sqrt(len(runs))
+
+
+def test_matmat_equals_matvec_column_by_column(setup):
+    op, H, _ = setup  # two batches: each batch's retained graph serves all columns
+    V = torch.randn(op.size, 3, dtype=torch.float64)
+    calls = op.calls
+    HV = op.matmat(V)
+    assert op.calls == calls + 3
+    torch.testing.assert_close(HV, H @ V, rtol=1e-9, atol=1e-12)
+    for i in range(3):
+        torch.testing.assert_close(HV[:, i], op.matvec(V[:, i]), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("block", [1, 2, None])
+def test_lockstep_slq_equals_probe_by_probe_lanczos(setup, block):
+    """The lockstep runs are the per-probe recurrences: same starts, same tridiagonals, whatever the block."""
+    from scipy.linalg import eigh_tridiagonal
+
+    op, _, _ = setup
+    runs = slq(op, steps=12, probes=3, seed=4, block=block)
+    rng = np.random.default_rng(4)
+    mv = lambda v: op.matvec(torch.from_numpy(v)).double().numpy()  # noqa: E731
+    for r in runs:
+        alpha, beta = lanczos(mv, rng.standard_normal(op.size), 12)
+        nodes, vecs = eigh_tridiagonal(alpha, beta)
+        np.testing.assert_allclose(r["nodes"], nodes, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(r["weights"], vecs[0] ** 2, rtol=1e-6, atol=1e-10)

@@ -254,3 +254,39 @@ def test_reference_path_gradcheck():
     layer = BSplineKAN(3, 2, grid_size=4, spline_order=2).double()
     x = (torch.rand(5, 3, dtype=torch.float64) * 2 - 1).requires_grad_()
     assert torch.autograd.gradcheck(lambda inp: layer(inp), (x,))
+
+
+@pytest.mark.parametrize("order,grid_size", [(1, 3), (2, 5), (3, 5), (3, 8)])
+def test_uniform_local_basis_is_the_textbook_basis(order, grid_size):
+    """uniform_basis (the local polynomial form) equals the scalar Cox-de Boor recursion at random points,
+    points outside the knots and points exactly on knots (half-open support)."""
+    from kanvision.layers.bspline_basis import uniform_basis
+    grid = uniform_knots(2, grid_size, order, (-1.0, 1.0), dtype=torch.float64)
+    g = grid[0].tolist()
+    x = torch.cat([torch.rand(40, 2, dtype=torch.float64) * 3 - 1.5, grid[:, ::2].t()[: 2 * grid_size].reshape(-1, 2)])
+    got = uniform_basis(x, grid, order)
+    want = torch.tensor([[[scalar_bspline(g, m, order, float(v)) for m in range(grid_size + order)] for v in row]
+                         for row in x], dtype=torch.float64)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def test_local_impl_is_the_same_function_to_second_order():
+    """impl='local' (what HVPs use) gives the reference's output, gradient and Hessian-vector product."""
+    torch.manual_seed(2)
+    ref = BSplineKAN(4, 3, grid_size=5, spline_order=3, impl="reference").double()
+    loc = BSplineKAN(4, 3, grid_size=5, spline_order=3, impl="local").double()
+    loc.load_state_dict(ref.state_dict())
+    x = torch.rand(16, 4, dtype=torch.float64) * 2.4 - 1.2
+    v = [torch.randn_like(p) for p in ref.parameters()]
+
+    def hvp(layer):
+        params = list(layer.parameters())
+        loss = layer(torch.tanh(x * params[0].sum())).pow(2).mean()  # inputs depend on parameters too
+        g = torch.autograd.grad(loss, params, create_graph=True)
+        return loss, g, torch.autograd.grad(sum((a * b).sum() for a, b in zip(g, v)), params)
+
+    for a, b in zip(hvp(ref), hvp(loc)):
+        for p, q in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+            torch.testing.assert_close(q, p, rtol=1e-10, atol=1e-12)
+    x2 = (torch.rand(5, 4, dtype=torch.float64) * 2 - 1).requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda inp: loc(inp), (x2,))

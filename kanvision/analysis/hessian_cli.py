@@ -33,6 +33,9 @@ def add_arguments(h) -> None:
                    help="ARPACK restarts per end (bounds the HVPs; an unconverged end is marked converged=false)")
     h.add_argument("--steps", type=int, default=40, help="Lanczos steps per SLQ probe")
     h.add_argument("--probes", type=int, default=3, help="SLQ probe vectors")
+    h.add_argument("--slq-block", type=int, default=None,
+                   help="SLQ probes run in lockstep, sharing each batch's gradient graph (default: all; memory "
+                        "for the Lanczos vectors: block x steps x params x 8 bytes)")
     h.add_argument("--trace-probes", type=int, default=30, help="Hutchinson Rademacher probes (0: skip)")
     h.add_argument("--threshold", type=float, default=1.0, help="|eigenvalue| above this counts as large")
     h.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS),
@@ -132,7 +135,8 @@ def _hessian_model(args, H, op, label: str, rep, index: str) -> tuple:
     try:
         top = pairs(args.top_k, "LA", "ARPACK largest + residuals")
         bottom = pairs(bottom_k, "SA", "ARPACK smallest + residuals")
-        runs = run("SLQ", args.probes * args.steps, lambda: H.slq(op, args.steps, args.probes, seed=args.seed),
+        runs = run("SLQ", args.probes * args.steps, lambda: H.slq(op, args.steps, args.probes, seed=args.seed,
+                                                                     block=args.slq_block),
                    lambda done: f"probe {min((done - 1) // max(args.steps, 1) + 1, args.probes)}/{args.probes}")
         trace = (run("Hutchinson trace", args.trace_probes,
                      lambda: H.hutchinson_trace(op, args.trace_probes, seed=args.seed),

