@@ -22,8 +22,9 @@ Analytic estimate (`kan_layer_estimate`, ours): per KAN layer with I inputs, B r
 order S, forward I(1+G+S)B and backward I(G+S-1)B elements, converted to bytes with the parameter dtype's size;
 RSWAF layers with G = num_grids, S = 0. This was written as "the limitations paper's counting", but it is NOT the
 paper's Eq. (1): an audit (issue 14) found that its backward term lacks the paper's -O*B, it has no parameter
-term, Eq. (2) is absent and the RSWAF variant is our addition. It is kept, under this label, because the
-recorded tables in docs/results.md were computed with it. For the paper's own equations see `paper_estimate`.
+term, Eq. (2) is absent and the RSWAF variant is our addition. It is kept, under this label, as a
+per-layer order of magnitude beside the measurements (memory.md's estimate columns). For the paper's own
+equations see `paper_estimate`.
 """
 from __future__ import annotations
 

@@ -1,0 +1,229 @@
+"""Write docs/results.md and its figures from one `scripts/reproduce_paper.sh` run and the recorded GPU files.
+
+    python scripts/results_doc.py --run /tmp/kv_reproduce [--hessian docs/data/hessian_gpu.json ...]
+
+Every number on the page is read here from a file a repo command wrote: the run directory (params.md,
+table1.txt, memory/memory.json, throughput/throughput.json, splines/, walls.txt, header.txt), the recorded GPU
+outputs in docs/data/ (their commands are on the page), and checkpoints/manifest.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+MANIFEST = ROOT / "checkpoints" / "manifest.json"
+PAPER = ('Pal & Das, "Understanding the Limitations of B-Spline KANs: Convergence Dynamics and Computational '
+         'Efficiency" (NeurIPS 2024 SciForDL workshop)')
+
+
+def _mib(b):
+    return "OOM" if b is None else f"{b / 2**20:.1f}"
+
+
+def memory_section(cpu: dict, cuda: dict | None) -> list[str]:
+    lines = ["## Figure 4: memory of one training step vs batch size", "",
+             "Both storage modes of the same layers: `fast` (our kernels: the basis is recomputed in backward, "
+             "scratch buffers reused) and `reference` (plain autograd, the expanded basis stored for backward as "
+             "in efficient-kan, the implementation the paper measured). x MLP: the ratio to the MLP Mixer at the "
+             "same batch.", ""]
+    for name, data, where in (("CPU", cpu, "this run"), ("CUDA", cuda, "recorded: docs/data/memory_cuda.json")):
+        if data is None:
+            lines += [f"{name}: not run.", ""]
+            continue
+        rows = data["rows"]
+        batches = sorted({r["batch_size"] for r in rows})
+        lines += [f"**{name}** ({where}; {rows[0]['method']}), MiB:", "",
+                  "| model | impl | " + " | ".join(f"batch {b}" for b in batches) + " | x MLP at each batch |",
+                  "|---|---|" + "---|" * (len(batches) + 1)]
+        for key in dict.fromkeys((r["model"], r.get("impl", "n/a")) for r in rows):
+            pts = {r["batch_size"]: r for r in rows if (r["model"], r.get("impl", "n/a")) == key}
+            ratio = " / ".join("-" if pts[b].get("ratio_to_mlp") is None else f"{pts[b]['ratio_to_mlp']:.2f}"
+                               for b in batches)
+            lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(_mib(pts[b]["bytes"]) for b in batches)
+                         + f" | {ratio} |")
+        lines.append("")
+    return lines
+
+
+def hessian_section(runs: list[tuple[str, dict]]) -> list[str]:
+    manifest = {e["tag"]: e for e in json.loads(MANIFEST.read_text())["entries"]}
+    lines = ["## Figure 3: Hessian of the training loss", ""]
+    if not runs:
+        return lines + ["No Hessian run given (`--hessian`).", ""]
+    for src, data in runs:
+        s = data["settings"]
+        images = s['batch_size'] * s['batches']
+        scale = ("the full scale" if images >= 1000 and s['steps'] >= 80 and s['probes'] >= 10 else
+                 "**reduced scale** (`SCALE=cpu`: below the 1,000 images and SLQ 80 steps the study asks for; the "
+                 "Hessian of the loss on these images, not of the whole training loss)")
+        lines += [f"Source: `{src}`, {scale}, computed on {s.get('device_name', s['device'])} "
+                  f"({s.get('precision', '')}) by `scripts/hessian_study.sh`: {images} training images "
+                  f"(split {s.get('split')}, hold-out val_split {s.get('val_split')} seed {s.get('data_seed')} "
+                  f"excluded), top-{s['top_k']} by ARPACK (tol {s['tol']}, maxiter {s['maxiter']}), SLQ "
+                  f"{s['probes']} probes x {s['steps']} steps, Hutchinson {s['trace_probes']} probes, model in eval "
+                  "mode.", "",
+                  "| model | params | Hessian images: loss / top-1 | hold-out: loss / top-1 | gap (top-1) | "
+                  "lambda_max | top-5 | max residual | converged | trace (+- s.e.) | HVPs | seconds |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for label, r in data["models"].items():
+            sc = r["scores"]
+            tr = r["trace"]
+            trace = "not run" if tr is None else f"{tr['trace']:.1f} +- {tr['stderr']:.1f}"
+            lines.append(
+                f"| {label} | {r['num_params']:,} | {sc['hessian_images']['loss']:.3f} / "
+                f"{sc['hessian_images']['top1']:.3f} | {sc['held_out']['loss']:.3f} / {sc['held_out']['top1']:.3f} "
+                f"| {sc['gap_top1']:+.3f} | {r['top']['values'][0]:.3f} | "
+                f"{', '.join(f'{v:.2f}' for v in r['top']['values'])} | {max(r['top']['residuals']):.1e} | "
+                f"{r['top']['converged']} | {trace} | {r['hvp_calls']} | "
+                f"{r['seconds']:.0f} |")
+        lines += ["", "The paper's statistic, eigenvalues above a fraction r of lambda_max (exact: among the "
+                  "computed top-k, '+' when all k are above so more may be; SLQ: size x spectral mass above, the "
+                  "estimate that sees past the top-k; per parameter = count / params):", "",
+                  "| model | r | threshold | exact (top-k) | SLQ estimate | SLQ per parameter |", "|---|---|---|---|---|---|"]
+        for label, r in data["models"].items():
+            for c in r["relative_counts"]:
+                lines.append(f"| {label} | {c['fraction']:g} | {c['threshold']:.4f} | {c['exact_topk']}"
+                             f"{'+' if c['saturated'] else ''} | {c['slq']:.1f} | {c['slq_per_param']:.2e} |")
+        nodes = {k: np.concatenate([q["nodes"] for q in r["slq"]]) for k, r in data["models"].items()}
+        lines += ["", "SLQ Ritz values span: " + "; ".join(f"{k} [{v.min():.3f}, {v.max():.3f}]"
+                                                           for k, v in nodes.items()), ""]
+        tags = [k for k in data["models"] if k in manifest]
+        if tags:
+            lines += ["Training record of these weights (checkpoints/manifest.json): " + "; ".join(
+                f"{t}: val {manifest[t]['val_top1']:.4f}, test {manifest[t]['test_top1']:.4f}, "
+                f"{manifest[t]['epochs']} epochs" for t in tags) + ".", ""]
+    return lines
+
+
+def _ratio_span(data: dict | None, kind: str, impl: str) -> str:
+    if data is None:
+        return "not run"
+    vals = [r["ratio_to_mlp"] for r in data["rows"] if r["model"].endswith(":" + kind) and r.get("impl") == impl
+            and r.get("ratio_to_mlp") is not None]
+    return f"{min(vals):.2f}-{max(vals):.2f}x" if vals else "not run"
+
+
+def hessian_finding(hess: list[tuple[str, dict]], missing: list[str]) -> str:
+    """One comparison per Hessian source that has both the MLP and a KAN model, from its numbers."""
+    texts = []
+    for src, data in hess:
+        models = data["models"]
+        s = data["settings"]
+        mlp = models.get("kan_mixer_tiny_p4_32.cifar10_none")
+        kans = [(k, models[k]) for k in models if k.endswith(("_bspline", "_rswaf")) and "none" not in k]
+        if mlp is None or not kans:
+            continue
+        def frac(r, f=0.1):
+            return next(c for c in r["relative_counts"] if c["fraction"] == f)
+        rows = [("MLP", mlp)] + [(k.rsplit("_", 1)[-1], r) for k, r in kans]
+        match = [k for k in models if k.endswith("none_match_bspline")]
+        if match:
+            rows.append(("size-matched MLP", models[match[0]]))
+        desc = "; ".join(f"{n}: lambda_max {r['top']['values'][0]:.3g}, {frac(r)['slq']:.0f} above 0.1 lambda_max "
+                         f"(SLQ; {frac(r)['slq_per_param']:.2e} per parameter), train-vs-val gap "
+                         f"{r['scores']['gap_top1']:+.3f}" for n, r in rows)
+        bs = dict(kans).get("kan_mixer_tiny_p4_32.cifar10_bspline")
+        verdict = ""
+        if bs is not None:
+            more = frac(bs)["slq"] > frac(mlp)["slq"]
+            more_pp = frac(bs)["slq_per_param"] > frac(mlp)["slq_per_param"]
+            verdict = (f" The B-spline Mixer has {'more' if more else 'fewer'} eigenvalues above 0.1 lambda_max than "
+                       f"the MLP ({'more' if more_pp else 'fewer'} per parameter): "
+                       + ("in the paper's direction" if more else "against the paper's direction")
+                       + f", at {s['batch_size'] * s['batches']} images and SLQ {s['probes']} x {s['steps']}, one seed.")
+        texts.append(f"`{src}`: {desc}.{verdict}")
+    if not texts:
+        texts.append("No source has both the MLP and a KAN model yet.")
+    if missing:
+        texts.append("Not computed at the full scale yet: " + ", ".join(missing) + " (HVP cost, see "
+                     "`scripts/hessian_study.sh`); no second seed and no ConvMixer pair yet.")
+    return " ".join(texts)
+
+
+def findings(cpu: dict, cuda: dict | None, hess: list[tuple[str, dict]]) -> list[str]:
+    """The paper's three claims against what this page measured (numbers computed from the data above)."""
+    done = [k for _, d in hess for k in d["models"]
+            if d["settings"]["batch_size"] * d["settings"]["batches"] >= 1000]
+    shipped = ["kan_mixer_tiny_p4_32.cifar10_" + t for t in ("none", "bspline", "rswaf", "none_match_bspline")]
+    missing = [t for t in shipped if t not in done]
+    out = ["## Against the paper's three claims", "",
+           "1. **Parameters (Table 1).** The block layout above (timm's unused MLP kept beside the KAN MLP) gives the "
+           "paper's counts for two of the four models at its rounding; the two that differ are named in the test "
+           "output (strict xfails), so the explanation is supported but not proven for all four.",
+           f"2. **Memory (Figure 4).** With efficient-kan-style storage the B-spline Mixer needs "
+           f"{_ratio_span(cuda, 'bspline', 'reference')} the MLP's training-step memory (CUDA allocator peak; "
+           f"CPU accounting {_ratio_span(cpu, 'bspline', 'reference')}), RSWAF {_ratio_span(cuda, 'rswaf', 'reference')}: "
+           "this supports the paper. With our recomputing kernels the same layers need "
+           f"{_ratio_span(cuda, 'bspline', 'fast')} (B-spline) and {_ratio_span(cuda, 'rswaf', 'fast')} (RSWAF) of "
+           "the MLP's: the memory cost is the stored basis, an implementation choice, not the KAN itself. "
+           "The paper's analytic Eq. (1)/(2) are not implemented (`paper_estimate` raises): their text was not "
+           "available here.",
+           "3. **Hessian (Figure 3).** The paper reports more large positive eigenvalues for B-spline KANs than "
+           "for MLPs. " + hessian_finding(hess, missing)]
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", type=Path, required=True, help="the OUT directory of scripts/reproduce_paper.sh")
+    p.add_argument("--hessian", type=Path, nargs="*", default=[ROOT / "docs/data/hessian_gpu.json"])
+    p.add_argument("--cuda-memory", type=Path, default=ROOT / "docs/data/memory_cuda.json")
+    p.add_argument("--out", type=Path, default=ROOT / "docs/results.md")
+    args = p.parse_args()
+    run = args.run
+    from kanvision.analysis.plots import plot_densities, plot_memory
+
+    figs = ROOT / "docs" / "figures"
+    cpu = json.loads((run / "memory" / "memory.json").read_text())
+    cuda = json.loads(args.cuda_memory.read_text()) if args.cuda_memory.is_file() else None
+    plot_memory(cpu["rows"], figs / "memory_vs_batch.png")
+    if cuda:
+        plot_memory(cuda["rows"], figs / "memory_vs_batch_cuda.png")
+    hess = [(str(h.relative_to(ROOT) if h.is_relative_to(ROOT) else h), json.loads(h.read_text()))
+            for h in args.hessian if h.is_file()]
+    if hess:
+        plot_densities({k: v["density"] for _, d in hess for k, v in d["models"].items()},
+                       figs / "hessian_density.png")
+    walls = dict(line.split() for line in (run / "walls.txt").read_text().splitlines() if line.strip())
+    tput = json.loads((run / "throughput" / "throughput.json").read_text())["rows"]
+
+    lines = ["# Results: the limitations paper's evidence, on our shipped weights", "",
+             f"Paper: {PAPER}. Written by `scripts/reproduce_paper.sh` (this page, `scripts/results_doc.py`); "
+             "every number below comes from that run or from the recorded GPU file named beside it. "
+             "Earlier pages (one-epoch checkpoints, untrained models) are superseded and removed.", "",
+             "```", (run / "header.txt").read_text().strip(),
+             "step wall times (s): " + ", ".join(f"{k} {v}" for k, v in walls.items()), "```", "",
+             "## Table 1: parameter counts", "",
+             "Our zoo at the paper's CIFAR-100 DeiT setting and the shipped Mixer (`kanvision params`, "
+             "GFLOPs per image: matrix products and the KAN basis counted apart):", "",
+             (run / "params.md").read_text().strip(), "",
+             "The paper's four KAN counts against the Vision-KAN block layout (timm's Block with its MLP left "
+             "unused plus the KAN MLP), `pytest tests/test_table1_layout.py -rxXs`:", "", "```",
+             (run / "table1.txt").read_text().strip(), "```", ""]
+    lines += memory_section(cpu, cuda)
+    lines += ["![memory, CPU](figures/memory_vs_batch.png)"]
+    if cuda:
+        lines += ["![memory, CUDA](figures/memory_vs_batch_cuda.png)"]
+    lines += [""] + hessian_section(hess)
+    if hess:
+        lines += ["![Hessian density](figures/hessian_density.png)", ""]
+    lines += ["## Throughput (this run)", "", f"{tput[0]['device']}, {tput[0]['threads']} threads:", "",
+              "| model | train img/s | inference img/s |", "|---|---|---|"]
+    lines += [f"| {r['model']} | {r['train_images_per_s']:.1f} | {r['inference_images_per_s']:.1f} |" for r in tput]
+    spl = sorted((run / "splines").glob("splines_*.png"))
+    if spl:
+        (figs / "splines_bspline.png").write_bytes(spl[0].read_bytes())
+        lines += ["", "## Learned B-spline edges (shipped B-spline weights, first KAN layer)", "",
+                  "![B-spline edges](figures/splines_bspline.png)"]
+    lines += [""] + findings(cpu, cuda, hess)
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
