@@ -20,6 +20,12 @@ PAPER = ('Pal & Das, "Understanding the Limitations of B-Spline KANs: Convergenc
          'Efficiency" (NeurIPS 2024 SciForDL workshop)')
 
 
+def full_scale(settings: dict) -> bool:
+    """The scale issue 14 asks of the Hessian study: >= 1,000 images, SLQ >= 10 probes x 80 steps."""
+    return (settings["batch_size"] * settings["batches"] >= 1000 and settings["steps"] >= 80
+            and settings["probes"] >= 10)
+
+
 def _mib(b):
     return "OOM" if b is None else f"{b / 2**20:.1f}"
 
@@ -57,7 +63,7 @@ def hessian_section(runs: list[tuple[str, dict]]) -> list[str]:
     for src, data in runs:
         s = data["settings"]
         images = s['batch_size'] * s['batches']
-        scale = ("the full scale" if images >= 1000 and s['steps'] >= 80 and s['probes'] >= 10 else
+        scale = ("the full scale" if full_scale(s) else
                  "**reduced scale** (`SCALE=cpu`: below the 1,000 images and SLQ 80 steps the study asks for; the "
                  "Hessian of the loss on these images, not of the whole training loss)")
         lines += [f"Source: `{src}`, {scale}, computed on {s.get('device_name', s['device'])} "
@@ -146,8 +152,7 @@ def hessian_finding(hess: list[tuple[str, dict]], missing: list[str]) -> str:
 
 def findings(cpu: dict, cuda: dict | None, hess: list[tuple[str, dict]]) -> list[str]:
     """The paper's three claims against what this page measured (numbers computed from the data above)."""
-    done = [k for _, d in hess for k in d["models"]
-            if d["settings"]["batch_size"] * d["settings"]["batches"] >= 1000]
+    done = [k for _, d in hess for k in d["models"] if full_scale(d["settings"])]
     shipped = ["kan_mixer_tiny_p4_32.cifar10_" + t for t in ("none", "bspline", "rswaf", "none_match_bspline")]
     missing = [t for t in shipped if t not in done]
     out = ["## Against the paper's three claims", "",

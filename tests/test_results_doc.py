@@ -1,0 +1,62 @@
+"""scripts/results_doc.py: the findings on docs/results.md are computed from the data, so they must follow it."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+spec = importlib.util.spec_from_file_location("results_doc", ROOT / "scripts" / "results_doc.py")
+results_doc = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(results_doc)
+
+TAG = "kan_mixer_tiny_p4_32.cifar10_"
+
+
+def model(lam, above, params, gap):
+    return {"top": {"values": [lam]}, "num_params": params, "scores": {"gap_top1": gap},
+            "relative_counts": [{"fraction": 0.1, "slq": above, "slq_per_param": above / params}]}
+
+
+def data(mlp_above, bspline_above, images=256):
+    return {"settings": {"batch_size": images, "batches": 1, "probes": 10, "steps": 20},
+            "models": {TAG + "none": model(16.0, mlp_above, 1_000_000, 0.03),
+                       TAG + "bspline": model(20.0, bspline_above, 2_500_000, 0.01)}}
+
+
+def test_hessian_verdict_follows_the_counts():
+    more = results_doc.hessian_finding([("a.json", data(40.0, 200.0))], [])
+    assert "has more eigenvalues above 0.1 lambda_max than the MLP (more per parameter): in the paper's direction" in more
+    # 60 vs 40 is more in count but fewer per parameter (2.5x the parameters)
+    mixed = results_doc.hessian_finding([("a.json", data(40.0, 60.0))], [])
+    assert "has more eigenvalues above 0.1 lambda_max than the MLP (fewer per parameter)" in mixed
+    fewer = results_doc.hessian_finding([("a.json", data(40.0, 10.0))], [])
+    assert "against the paper's direction" in fewer and "at 256 images and SLQ 10 x 20, one seed" in fewer
+    assert "MLP: lambda_max 16, 40 above 0.1 lambda_max (SLQ; 4.00e-05 per parameter)" in fewer
+
+
+def test_missing_models_are_named_and_a_lone_mlp_gives_no_verdict():
+    lone = {"settings": {"batch_size": 1000, "batches": 1, "probes": 10, "steps": 80},
+            "models": {TAG + "none": model(16.0, 40.0, 1_000_000, 0.03)}}
+    text = results_doc.hessian_finding([("g.json", lone)], [TAG + "bspline"])
+    assert text.startswith("No source has both the MLP and a KAN model yet.")
+    assert "Not computed at the full scale yet: " + TAG + "bspline" in text
+
+
+def test_memory_ratio_span_reads_the_rows():
+    rows = [{"model": "m:bspline", "impl": "reference", "ratio_to_mlp": r} for r in (9.06, 10.65, 10.26)]
+    rows += [{"model": "m:bspline", "impl": "fast", "ratio_to_mlp": 0.62}]
+    assert results_doc._ratio_span({"rows": rows}, "bspline", "reference") == "9.06-10.65x"
+    assert results_doc._ratio_span({"rows": rows}, "bspline", "fast") == "0.62-0.62x"
+    assert results_doc._ratio_span(None, "bspline", "fast") == "not run"
+    assert results_doc._ratio_span({"rows": rows}, "rswaf", "fast") == "not run"
+
+
+@pytest.mark.parametrize("images,steps,probes,full", [(1000, 80, 10, True), (256, 20, 10, False), (1000, 40, 10, False)])
+def test_findings_count_only_full_scale_runs_as_done(images, steps, probes, full):
+    d = data(40.0, 200.0, images)
+    d["settings"].update(steps=steps, probes=probes)
+    text = "\n".join(results_doc.findings({"rows": []}, None, [("x.json", d)]))
+    missing = text.split("Not computed at the full scale yet: ")[1].split(" (HVP cost")[0].split(", ")
+    assert TAG + "rswaf" in missing and TAG + "none_match_bspline" in missing
+    assert (TAG + "bspline" in missing) is (not full) and (TAG + "none" in missing) is (not full)
+    assert results_doc.full_scale(d["settings"]) is full
