@@ -30,7 +30,7 @@ def test_hessian_progress_goes_to_stderr_and_changes_no_number(tmp_path, capsys)
     out, err = capsys.readouterr()
     for line in ("hessian test_vit:none: ARPACK largest + residuals: started (at most ",
                  "hessian test_vit:none: ARPACK smallest + residuals: done, ",
-                 "hessian test_vit:none: SLQ: probe 2/2: ",
+                 "hessian test_vit:none: SLQ: probes 1-2/2, step 4/4: ",
                  "hessian test_vit:none: SLQ: done, 8 HVPs in ",
                  "hessian test_vit:none: Hutchinson trace: done, 2 HVPs in "):
         assert line in err
@@ -136,3 +136,16 @@ def test_terminal_mode_draws_rich_bars_and_disabled_mode_prints_nothing():
         rep.note("hidden")
         p.advance(2)
     assert quiet.getvalue() == ""
+
+
+def test_slq_position_names_the_lockstep_block_and_its_step():
+    from kanvision.analysis.hessian_cli import _slq_position
+    # 10 probes in one lockstep block, 20 steps: 10 HVPs per step
+    assert _slq_position(1, 10, 20, None) == "probes 1-10/10, step 1/20"
+    assert _slq_position(11, 10, 20, None) == "probes 1-10/10, step 2/20"
+    assert _slq_position(200, 10, 20, None) == "probes 1-10/10, step 20/20"
+    # one probe after another (block 1), and a short last block (3 probes in blocks of 2)
+    assert [_slq_position(d, 3, 4, 1) for d in (1, 5, 12)] == ["probe 1/3, step 1/4", "probe 2/3, step 1/4",
+                                                               "probe 3/3, step 4/4"]
+    assert [_slq_position(d, 3, 4, 2) for d in (8, 9, 12)] == ["probes 1-2/3, step 4/4", "probe 3/3, step 1/4",
+                                                               "probe 3/3, step 4/4"]

@@ -99,6 +99,17 @@ def _hessian_estimate(name: str, first: float, second: float, fixed: int, arpack
             f"SLQ, Hutchinson and residuals and {arpack_text} for ARPACK -> {span} at that rate")
 
 
+def _slq_position(done: int, probes: int, steps: int, block: int | None) -> str:
+    """Where SLQ is after `done` HVPs: the block of probes running in lockstep and its Lanczos step."""
+    block = probes if block is None else max(1, min(block, probes))
+    per_block = block * max(steps, 1)
+    first = (done - 1) // per_block * block
+    width = min(block, probes - first)
+    step = ((done - 1) - first * max(steps, 1)) // width + 1
+    which = f"probe {first + 1}" if width == 1 else f"probes {first + 1}-{first + width}"
+    return f"{which}/{probes}, step {min(step, steps)}/{steps}"
+
+
 def _hessian_model(args, H, op, label: str, rep, index: str) -> tuple:
     """One model's HVP phases, each reported as it runs; returns (top, bottom, slq runs, trace)."""
     bottom_k = args.top_k if args.bottom_k is None else args.bottom_k
@@ -137,7 +148,7 @@ def _hessian_model(args, H, op, label: str, rep, index: str) -> tuple:
         bottom = pairs(bottom_k, "SA", "ARPACK smallest + residuals")
         runs = run("SLQ", args.probes * args.steps, lambda: H.slq(op, args.steps, args.probes, seed=args.seed,
                                                                      block=args.slq_block),
-                   lambda done: f"probe {min((done - 1) // max(args.steps, 1) + 1, args.probes)}/{args.probes}")
+                   lambda done: _slq_position(done, args.probes, args.steps, args.slq_block))
         trace = (run("Hutchinson trace", args.trace_probes,
                      lambda: H.hutchinson_trace(op, args.trace_probes, seed=args.seed),
                      lambda done: f"probe {done}/{args.trace_probes}") if args.trace_probes > 0 else None)
