@@ -191,8 +191,10 @@ def main() -> int:
     hess = [(str(h.relative_to(ROOT) if h.is_relative_to(ROOT) else h), json.loads(h.read_text()))
             for h in args.hessian if h.is_file()]
     if hess:
-        plot_densities({k: v["density"] for _, d in hess for k, v in d["models"].items()},
-                       figs / "hessian_density.png")
+        # One panel per model and source (the same model may be in a full-scale and a reduced run).
+        plot_densities({f"{k.removeprefix('kan_mixer_tiny_p4_32.')} "
+                        f"({d['settings']['batch_size'] * d['settings']['batches']} images)": v["density"]
+                        for _, d in hess for k, v in d["models"].items()}, figs / "hessian_density.png")
     walls = dict(line.split() for line in (run / "walls.txt").read_text().splitlines() if line.strip())
     tput = json.loads((run / "throughput" / "throughput.json").read_text())["rows"]
 
