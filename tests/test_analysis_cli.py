@@ -186,3 +186,11 @@ def test_hessian_on_training_images_excludes_the_hold_out(tmp_path):
     assert not any(torch.equal(h, v) for h in hess_x for v in held_x)
     with pytest.raises(SystemExit, match="only 12 are outside the hold-out"):
         _train_split(argparse.Namespace(**{**vars(args), "batches": 4}), model)
+
+
+def test_hessian_on_training_images_needs_a_folder_named_in_one_line(tmp_path, capsys):
+    base = ["analyze", "hessian", *TINY, "--kan", "none", "--device", "cpu", "--data", "imagefolder"]
+    with pytest.raises(SystemExit, match="--data imagefolder needs --data-root DIR"):
+        main(base)
+    with pytest.raises(SystemExit, match=f"no train images at {tmp_path}/train.*point --data-root at"):
+        main([*base, "--data-root", str(tmp_path)])

@@ -55,6 +55,9 @@ def _train_split(args, model):
     from kanvision.data import DataError, ImageDataModule
     from kanvision.analysis.cli import _input_shape
 
+    if not args.data_root:
+        raise SystemExit("kanvision analyze hessian: --data imagefolder needs --data-root DIR with "
+                         "DIR/train/<class>/*.jpg (or pass --split test, or --data synthetic)")
     cfg = getattr(model, "pretrained_cfg", None) or {}
     n = args.batch_size * args.batches
     val = int(args.val_split) if args.val_split >= 1 else args.val_split
@@ -65,7 +68,7 @@ def _train_split(args, model):
                              mean=cfg.get("mean"), std=cfg.get("std"))
         dm.setup("fit")
     except DataError as e:
-        raise SystemExit(f"kanvision analyze hessian: {e}") from None
+        raise SystemExit(f"kanvision analyze hessian: {str(e).replace('--data.root', '--data-root')}") from None
     if dm.train_eval_set is None or len(dm.train_eval_set) < n:
         have = 0 if dm.train_eval_set is None else len(dm.train_eval_set)
         raise SystemExit(f"kanvision analyze hessian: asked for {n} training images (--batch-size x --batches) "
