@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # The limitations paper's evidence on the shipped weights, on this CPU: Table 1 parameter counts and FLOPs,
 # Figure 4 memory (both KAN storage modes), throughput, learned spline edges; Figure 3 (Hessian) is read from
-# the recorded run of scripts/hessian_study.sh (docs/data/hessian_gpu.json; a GPU job, see that script).
-# Writes docs/results.md and docs/figures/*.png (scripts/results_doc.py) from this run's output in $OUT.
+# the recorded runs of scripts/hessian_study.sh (docs/data/hessian_gpu.json: full scale, on a GPU;
+# docs/data/hessian_cpu.json: SCALE=cpu on this CPU, about an hour; see that script), not recomputed here.
+# Writes docs/results.md and docs/figures/*.png (scripts/results_doc.py) from this run's output in $OUT;
+# the page states this run's wall time per step.
 #
-#   scripts/reproduce_paper.sh            # ~10 min on 2 CPU cores
-#   HESSIAN="docs/data/hessian_gpu.json /path/to/more/hessian.json" scripts/reproduce_paper.sh
+#   scripts/reproduce_paper.sh
+#   HESSIAN="docs/data/hessian_gpu.json OUT/hessian.json" scripts/reproduce_paper.sh   # after a new Hessian run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-/tmp/kv_reproduce}; rm -rf "$OUT"; mkdir -p "$OUT" docs/figures
 DATA=${DATA:-$HOME/data}
-HESSIAN=${HESSIAN:-docs/data/hessian_gpu.json}
+HESSIAN=${HESSIAN:-docs/data/hessian_gpu.json docs/data/hessian_cpu.json}
 C=checkpoints/kan_mixer_tiny_p4_32.cifar10
 KINDS=(--model kan_mixer_tiny_p4_32 --num-classes 10 --kan none --kan bspline --kan rswaf --no-progress --device cpu)
 T0=$(date +%s); : > "$OUT/walls.txt"

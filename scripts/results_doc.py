@@ -94,6 +94,10 @@ def hessian_section(runs: list[tuple[str, dict]]) -> list[str]:
             for c in r["relative_counts"]:
                 lines.append(f"| {label} | {c['fraction']:g} | {c['threshold']:.4f} | {c['exact_topk']}"
                              f"{'+' if c['saturated'] else ''} | {c['slq']:.1f} | {c['slq_per_param']:.2e} |")
+        if s["steps"] < 80:
+            lines += ["", f"With {s['steps']} Lanczos steps the Ritz values are coarse away from the top of the "
+                      "spectrum: the SLQ counts at 0.01 and 0.001 of lambda_max move in jumps of whole nodes and are "
+                      "not a resolved statistic here; the 0.1 row is the one compared."]
         nodes = {k: np.concatenate([q["nodes"] for q in r["slq"]]) for k, r in data["models"].items()}
         lines += ["", "SLQ Ritz values span: " + "; ".join(f"{k} [{v.min():.3f}, {v.max():.3f}]"
                                                            for k, v in nodes.items()), ""]
@@ -141,6 +145,11 @@ def hessian_finding(hess: list[tuple[str, dict]], missing: list[str]) -> str:
                        f"the MLP ({'more' if more_pp else 'fewer'} per parameter): "
                        + ("in the paper's direction" if more else "against the paper's direction")
                        + f", at {s['batch_size'] * s['batches']} images and SLQ {s['probes']} x {s['steps']}, one seed.")
+            if match:
+                m = models[match[0]]
+                verdict += (f" Against the size-matched MLP it has {'more' if frac(bs)['slq'] > frac(m)['slq'] else 'fewer'}"
+                            f" ({frac(bs)['slq']:.0f} vs {frac(m)['slq']:.0f}) and a "
+                            f"{'larger' if bs['top']['values'][0] > m['top']['values'][0] else 'smaller'} lambda_max.")
         texts.append(f"`{src}`: {desc}.{verdict}")
     if not texts:
         texts.append("No source has both the MLP and a KAN model yet.")

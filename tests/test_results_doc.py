@@ -34,6 +34,14 @@ def test_hessian_verdict_follows_the_counts():
     assert "MLP: lambda_max 16, 40 above 0.1 lambda_max (SLQ; 4.00e-05 per parameter)" in fewer
 
 
+def test_the_size_matched_mlp_is_compared_when_present():
+    d = data(40.0, 60.0)
+    d["models"][TAG + "none_match_bspline"] = model(12.0, 70.0, 2_500_000, 0.03)
+    text = results_doc.hessian_finding([("a.json", d)], [])
+    assert "Against the size-matched MLP it has fewer (60 vs 70) and a larger lambda_max." in text
+    assert "size-matched MLP: lambda_max 12, 70 above 0.1 lambda_max" in text
+
+
 def test_missing_models_are_named_and_a_lone_mlp_gives_no_verdict():
     lone = {"settings": {"batch_size": 1000, "batches": 1, "probes": 10, "steps": 80},
             "models": {TAG + "none": model(16.0, 40.0, 1_000_000, 0.03)}}
