@@ -162,7 +162,7 @@ def _hessian_model(args, H, op, label: str, rep, index: str) -> tuple:
 
 def hessian_main(args) -> dict:
     from kanvision.analysis import hessian as H
-    from kanvision.analysis.cli import _batches, _models, _reporter, _settings
+    from kanvision.analysis.cli import _batches, _input_shape, _models, _reporter, _settings
     from kanvision.analysis.plots import plot_densities
     from kanvision.device import synchronize
 
@@ -180,6 +180,7 @@ def hessian_main(args) -> dict:
     if args.resume and path.is_file():
         results["models"] = json.loads(path.read_text()).get("models", {})
     train_split = args.data == "imagefolder" and args.split == "train"
+    splits = {}
     models = _models(args)
     with _reporter(args) as rep:
         for i, (label, model) in enumerate(models):
@@ -189,7 +190,12 @@ def hessian_main(args) -> dict:
             t0 = time.time()
             index = f" (model {i + 1}/{len(models)})" if len(models) > 1 else ""
             if train_split:
-                batches, held_out = _train_split(args, model)
+                # Decoded once per preprocessing: models that share it share the same images.
+                cfg = getattr(model, "pretrained_cfg", None) or {}
+                key = (_input_shape(model), tuple(cfg.get("mean") or ()), tuple(cfg.get("std") or ()))
+                if key not in splits:
+                    splits[key] = _train_split(args, model)
+                batches, held_out = splits[key]
             else:
                 batches, held_out = _batches(args, model), []
             op = H.HessianOperator(model, batches, device=args.device)
