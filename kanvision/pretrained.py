@@ -26,7 +26,9 @@ __all__ = [
 ENV = "KANVISION_CHECKPOINTS"
 MANIFEST_NAME = "manifest.json"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-RECIPE = "configs/pretrained/cifar10_kan_mixer_tiny_p4_32.yaml"
+# The training recipe of each architecture with shipped weights (all its tags differ only in the model options).
+RECIPES = {"kan_mixer_tiny_p4_32": "configs/pretrained/cifar10_kan_mixer_tiny_p4_32.yaml",
+           "kan_convmixer_128_8_p4": "configs/pretrained/cifar10_kan_convmixer_128_8_p4.yaml"}
 
 # The model options each shipped tag's weights were trained with; every other option is the model's default.
 TAGS: dict[str, dict[str, Any]] = {
@@ -34,6 +36,9 @@ TAGS: dict[str, dict[str, Any]] = {
     "kan_mixer_tiny_p4_32.cifar10_bspline": {"kan": "bspline"},
     "kan_mixer_tiny_p4_32.cifar10_rswaf": {"kan": "rswaf"},
     "kan_mixer_tiny_p4_32.cifar10_none_match_bspline": {"kan": "none", "match_params": "bspline"},
+    # The Hessian study's ConvMixer pair (issue 14): MLP (timm's 1x1 conv) vs B-spline channel mixer.
+    "kan_convmixer_128_8_p4.cifar10_none": {"kan": "none"},
+    "kan_convmixer_128_8_p4.cifar10_bspline": {"kan": "bspline"},
 }
 # Options that change the architecture, with the value a tag implies when it does not name them.
 _ARCH_OPTIONS = {"kan": "none", "kan_hidden": None, "kan_kwargs": None, "match_params": None,
@@ -169,7 +174,7 @@ def tag_cfgs(arch: str, base: dict[str, Any]) -> dict[str, dict[str, Any]]:
         out[tag] = dict(
             base, file=f"{tag}/model.safetensors", num_classes=10, label_names=CIFAR10_CLASSES,
             description=f"{arch} ({_describe(tag)}) trained from scratch by kanvision on the JPEG copy of CIFAR-10 "
-                        f"with {RECIPE}; accuracies in checkpoints/README.md",
+                        f"with {RECIPES[arch]}; accuracies in checkpoints/README.md",
             notes=(f"file is relative to the checkpoints directory (${ENV}, else the checkout's checkpoints/); "
                    f"its sha256 is checked against {MANIFEST_NAME} before loading",
                    f"the tag fixes the model options: {_describe(tag)}"),

@@ -117,53 +117,74 @@ def _ratio_span(data: dict | None, kind: str, impl: str) -> str:
     return f"{min(vals):.2f}-{max(vals):.2f}x" if vals else "not run"
 
 
+ARCH_NAMES = {"kan_mixer_tiny_p4_32": "Mixer", "kan_convmixer_128_8_p4": "ConvMixer"}
+
+
+def short(tag: str) -> str:
+    """`kan_convmixer_128_8_p4.cifar10_bspline` -> `ConvMixer bspline` (figure labels)."""
+    arch, _, rest = tag.partition(".")
+    return f"{ARCH_NAMES.get(arch, arch)} {rest.removeprefix('cifar10_')}" if rest else tag
+
+
+def _pair_finding(name: str, prefix: str, models: dict, s: dict) -> str | None:
+    """The MLP vs KAN comparison of one architecture (tags starting with prefix), None without both."""
+    mlp = models.get(prefix + "none")
+    kans = [(k, models[k]) for k in models
+            if k.startswith(prefix) and k.endswith(("_bspline", "_rswaf")) and "none" not in k]
+    if mlp is None or not kans:
+        return None
+
+    def frac(r, f=0.1):
+        return next(c for c in r["relative_counts"] if c["fraction"] == f)
+    rows = [("MLP", mlp)] + [(k.rsplit("_", 1)[-1], r) for k, r in kans]
+    match = [k for k in models if k.startswith(prefix) and k.endswith("none_match_bspline")]
+    if match:
+        rows.append(("size-matched MLP", models[match[0]]))
+    desc = "; ".join(f"{n}: lambda_max {r['top']['values'][0]:.3g}, {frac(r)['slq']:.0f} above 0.1 lambda_max "
+                     f"(SLQ; {frac(r)['slq_per_param']:.2e} per parameter), train-vs-val gap "
+                     f"{r['scores']['gap_top1']:+.3f}" for n, r in rows)
+    bs = dict(kans).get(prefix + "bspline")
+    verdict = ""
+    if bs is not None:
+        more = frac(bs)["slq"] > frac(mlp)["slq"]
+        more_pp = frac(bs)["slq_per_param"] > frac(mlp)["slq_per_param"]
+        verdict = (f" The B-spline {name} has {'more' if more else 'fewer'} eigenvalues above 0.1 lambda_max than "
+                   f"the MLP ({'more' if more_pp else 'fewer'} per parameter): "
+                   + ("in the paper's direction" if more else "against the paper's direction")
+                   + f", at {s['batch_size'] * s['batches']} images and SLQ {s['probes']} x {s['steps']}, one seed.")
+        if match:
+            m = models[match[0]]
+            verdict += (f" Against the size-matched MLP it has {'more' if frac(bs)['slq'] > frac(m)['slq'] else 'fewer'}"
+                        f" ({frac(bs)['slq']:.0f} vs {frac(m)['slq']:.0f}) and a "
+                        f"{'larger' if bs['top']['values'][0] > m['top']['values'][0] else 'smaller'} lambda_max.")
+    return f"{name} pair: {desc}.{verdict}"
+
+
 def hessian_finding(hess: list[tuple[str, dict]], missing: list[str]) -> str:
-    """One comparison per Hessian source that has both the MLP and a KAN model, from its numbers."""
+    """One comparison per Hessian source and architecture that has both the MLP and a KAN model, from its numbers."""
     texts = []
     for src, data in hess:
         models = data["models"]
-        s = data["settings"]
-        mlp = models.get("kan_mixer_tiny_p4_32.cifar10_none")
-        kans = [(k, models[k]) for k in models if k.endswith(("_bspline", "_rswaf")) and "none" not in k]
-        if mlp is None or not kans:
-            continue
-        def frac(r, f=0.1):
-            return next(c for c in r["relative_counts"] if c["fraction"] == f)
-        rows = [("MLP", mlp)] + [(k.rsplit("_", 1)[-1], r) for k, r in kans]
-        match = [k for k in models if k.endswith("none_match_bspline")]
-        if match:
-            rows.append(("size-matched MLP", models[match[0]]))
-        desc = "; ".join(f"{n}: lambda_max {r['top']['values'][0]:.3g}, {frac(r)['slq']:.0f} above 0.1 lambda_max "
-                         f"(SLQ; {frac(r)['slq_per_param']:.2e} per parameter), train-vs-val gap "
-                         f"{r['scores']['gap_top1']:+.3f}" for n, r in rows)
-        bs = dict(kans).get("kan_mixer_tiny_p4_32.cifar10_bspline")
-        verdict = ""
-        if bs is not None:
-            more = frac(bs)["slq"] > frac(mlp)["slq"]
-            more_pp = frac(bs)["slq_per_param"] > frac(mlp)["slq_per_param"]
-            verdict = (f" The B-spline Mixer has {'more' if more else 'fewer'} eigenvalues above 0.1 lambda_max than "
-                       f"the MLP ({'more' if more_pp else 'fewer'} per parameter): "
-                       + ("in the paper's direction" if more else "against the paper's direction")
-                       + f", at {s['batch_size'] * s['batches']} images and SLQ {s['probes']} x {s['steps']}, one seed.")
-            if match:
-                m = models[match[0]]
-                verdict += (f" Against the size-matched MLP it has {'more' if frac(bs)['slq'] > frac(m)['slq'] else 'fewer'}"
-                            f" ({frac(bs)['slq']:.0f} vs {frac(m)['slq']:.0f}) and a "
-                            f"{'larger' if bs['top']['values'][0] > m['top']['values'][0] else 'smaller'} lambda_max.")
-        texts.append(f"`{src}`: {desc}.{verdict}")
+        archs = sorted({k.partition(".")[0] for k in models}, key=lambda a: (list(ARCH_NAMES) + [a]).index(a))
+        pairs = [_pair_finding(ARCH_NAMES.get(a, a), a + ".cifar10_", models, data["settings"]) for a in archs]
+        pairs = [p for p in pairs if p]
+        if pairs:
+            texts.append(f"`{src}`: " + " ".join(pairs))
     if not texts:
         texts.append("No source has both the MLP and a KAN model yet.")
+    seen = {k for _, d in hess for k in d["models"]}
+    absent = ["no second seed"] + ([] if any(k.startswith("kan_convmixer") for k in seen) else ["no ConvMixer pair"])
     if missing:
         texts.append("Not computed at the full scale yet: " + ", ".join(missing) + " (HVP cost, see "
-                     "`scripts/hessian_study.sh`); no second seed and no ConvMixer pair yet.")
+                     "`scripts/hessian_study.sh`); " + " and ".join(absent) + " yet.")
     return " ".join(texts)
 
 
 def findings(cpu: dict, cuda: dict | None, hess: list[tuple[str, dict]]) -> list[str]:
     """The paper's three claims against what this page measured (numbers computed from the data above)."""
     done = [k for _, d in hess for k in d["models"] if full_scale(d["settings"])]
-    shipped = ["kan_mixer_tiny_p4_32.cifar10_" + t for t in ("none", "bspline", "rswaf", "none_match_bspline")]
-    missing = [t for t in shipped if t not in done]
+    from kanvision.pretrained import TAGS  # every shipped model belongs in the full-scale study
+    missing = [t for t in TAGS if t not in done]
     out = ["## Against the paper's three claims", "",
            "1. **Parameters (Table 1).** The block layout above (timm's unused MLP kept beside the KAN MLP) gives the "
            "paper's counts for two of the four models at its rounding; the two that differ are named in the test "
@@ -201,7 +222,7 @@ def main() -> int:
             for h in args.hessian if h.is_file()]
     if hess:
         # One panel per model and source (the same model may be in a full-scale and a reduced run).
-        plot_densities({f"{k.removeprefix('kan_mixer_tiny_p4_32.')} "
+        plot_densities({f"{short(k)} "
                         f"({d['settings']['batch_size'] * d['settings']['batches']} images)": v["density"]
                         for _, d in hess for k, v in d["models"].items()}, figs / "hessian_density.png")
     walls = dict(line.split() for line in (run / "walls.txt").read_text().splitlines() if line.strip())

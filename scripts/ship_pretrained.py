@@ -23,6 +23,7 @@ import yaml
 
 from kanvision.checkpoints import export, load_pretrained
 from kanvision.cifar_jpeg import default_archive, score_test_subset
+from kanvision.pretrained import RECIPES, TAGS
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASET = ("CIFAR-10, JPEG copy of the 50,000 training / 10,000 test images (../shared/data/cifar10-jpeg.tar.gz); "
@@ -100,8 +101,10 @@ def write_table(manifest: dict, path: Path) -> None:
         "# Pretrained weights",
         "",
         "Trained by this repository's commands on the JPEG copy of CIFAR-10 (`../shared/data/`; JPEG re-encoding",
-        "changes the pixels, so these are not numbers on the original PNG/pickle CIFAR-10), all with the one recipe",
-        "in `configs/pretrained/cifar10_kan_mixer_tiny_p4_32.yaml`. The best epoch is chosen on 5,000 held-out",
+        "changes the pixels, so these are not numbers on the original PNG/pickle CIFAR-10), one recipe per",
+        "architecture (" + "; ".join(f"`{a}`: `{r}`" for a, r in RECIPES.items()) + "), the same",
+        "optimizer, schedule, augmentation and epochs in both; the tags of an architecture differ only in the model",
+        "options. The best epoch is chosen on 5,000 held-out",
         "training images (val); the 10,000 test images are scored once, on that epoch. `manifest.json` holds the",
         "same numbers (accuracies as fractions), the sha256 of each file and the exact command; written by",
         "`scripts/ship_pretrained.py` from each run's own logs. images/s: the mean of the logged training rate;",
@@ -111,7 +114,6 @@ def write_table(manifest: dict, path: Path) -> None:
         "",
         *table_rows(manifest),
     ]
-    from kanvision.pretrained import TAGS
     missing = sorted(set(TAGS) - {e["tag"] for e in manifest["entries"]})
     if missing:
         lines += ["", "Registered but not trained yet (loading them says so): " + ", ".join(f"`{t}`" for t in missing)

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Train and ship the pretrained kan_mixer_tiny_p4_32 CIFAR-10 weights, one model at a time, resumably.
+# Train and ship the pretrained CIFAR-10 weights (kan_mixer_tiny_p4_32 and kan_convmixer_128_8_p4), one model at
+# a time, resumably.
 #
 #   nohup bash scripts/train_pretrained.sh > ~/kanvision-runs/train_pretrained.log 2>&1 &
 #   DRY_RUN=1 bash scripts/train_pretrained.sh      # print what it would run
 #
-# For each tag not yet in checkpoints/manifest.json: `kanvision fit` with the one recipe
-# (configs/pretrained/cifar10_kan_mixer_tiny_p4_32.yaml) in $RUNS/runs/<name>/version_N, resumed from the newest
+# For each tag not yet in checkpoints/manifest.json: `kanvision fit` with its architecture's recipe
+# (configs/pretrained/cifar10_<arch>.yaml) in $RUNS/runs/<name>/version_N, resumed from the newest
 # interrupted-step*.ckpt or last.ckpt of that name when one exists (exact resume), then scripts/ship_pretrained.py
 # (export, manifest entry, tables). Stop it with one SIGTERM/Ctrl-C to the fit: it saves and the next start
 # resumes. Data: $DATA/{train,test}, unpacked from ../shared/data/cifar10-jpeg.tar.gz when absent.
@@ -16,7 +17,6 @@ RUNS=${RUNS:-$HOME/kanvision-runs}
 DATA=${DATA:-$HOME/data}
 KV=${KV:-$REPO/.venv/bin/kanvision}
 PY=${PY:-$REPO/.venv/bin/python}
-RECIPE=configs/pretrained/cifar10_kan_mixer_tiny_p4_32.yaml
 run() { if [ -n "${DRY_RUN:-}" ]; then printf '%q ' "$@"; echo; else "$@"; fi; }
 
 if [ ! -d "$DATA/train" ] || [ ! -d "$DATA/test" ]; then
@@ -27,11 +27,15 @@ if [ ! -d "$DATA/train" ] || [ ! -d "$DATA/test" ]; then
 fi
 mkdir -p "$RUNS"
 
-# tag suffix : --model.kan : match_params (empty: none)
-for spec in "none:none:" "bspline:bspline:" "rswaf:rswaf:" "none_match_bspline:none:bspline"; do
-  IFS=: read -r suffix kan match <<<"$spec"
-  tag=kan_mixer_tiny_p4_32.cifar10_$suffix
-  name=cifar10_$suffix
+# architecture : run-name prefix : tag suffix : --model.kan : match_params (empty: none)
+M=kan_mixer_tiny_p4_32 C=kan_convmixer_128_8_p4
+for spec in "$M:cifar10:none:none:" "$M:cifar10:bspline:bspline:" "$M:cifar10:rswaf:rswaf:" \
+            "$M:cifar10:none_match_bspline:none:bspline" "$C:cifar10_convmixer128:none:none:" \
+            "$C:cifar10_convmixer128:bspline:bspline:"; do
+  IFS=: read -r arch prefix suffix kan match <<<"$spec"
+  tag=$arch.cifar10_$suffix
+  name=${prefix}_$suffix
+  RECIPE=configs/pretrained/cifar10_$arch.yaml
   if "$PY" - "$tag" <<'EOF'
 import json, sys
 from pathlib import Path

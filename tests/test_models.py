@@ -16,7 +16,7 @@ from kanvision.params import main as params_main
 
 ZOO = [
     "kan_mixer_tiny_p4_32", "kan_mixer_small_p4_32", "kan_mixer_base_p4_32",
-    "kan_convmixer_256_8", "kan_convmixer_512_16",
+    "kan_convmixer_256_8", "kan_convmixer_512_16", "kan_convmixer_128_8_p4",
     "kan_deit_tiny_patch4_32", "kan_deit_small_patch4_32", "kan_deit_base_patch4_32",
     "kan_deit_tiny_patch16_224", "kan_deit_small_patch16_224", "kan_deit_base_patch16_224",
 ]
@@ -56,6 +56,7 @@ def test_paper_table_counts(name, kan, hidden, expected):
                                                          num_heads=6)),
     ("kan_mixer_tiny_p4_32", MlpMixer, dict(img_size=32, patch_size=4, num_blocks=8, embed_dim=128)),
     ("kan_convmixer_256_8", ConvMixer, dict(dim=256, depth=8, kernel_size=5, patch_size=2)),
+    ("kan_convmixer_128_8_p4", ConvMixer, dict(dim=128, depth=8, kernel_size=5, patch_size=4)),
 ])
 def test_kan_none_is_timms_architecture(ours, timm_cls, timm_kwargs):
     a = meta_model(ours, num_classes=100)

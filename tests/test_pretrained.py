@@ -23,17 +23,18 @@ from kanvision.predict import main as predict_main
 ARCH = "kan_mixer_tiny_p4_32"
 TAGS = sorted(P.TAGS)
 BSPLINE, NONE, MATCH, RSWAF = (f"{ARCH}.cifar10_{k}" for k in ("bspline", "none", "none_match_bspline", "rswaf"))
+CONV_NONE, CONV_BSPLINE = (f"kan_convmixer_128_8_p4.cifar10_{k}" for k in ("none", "bspline"))
 CIFAR10 = list(P.CIFAR10_CLASSES)
 MEAN, STD = [0.4914, 0.4822, 0.4465], [0.247, 0.2435, 0.2616]
 
 
 def _ship(root, tag, seed):
-    opts = P.TAGS[tag]
+    opts, arch = P.TAGS[tag], tag.split(".", 1)[0]
     torch.manual_seed(seed)
-    model = timm.create_model(ARCH, **opts)
+    model = timm.create_model(arch, **opts)
     weights = {k: (v + 0.01 * torch.randn_like(v)) if v.is_floating_point() else v
                for k, v in model.state_dict().items()}
-    meta = dict(model=ARCH, kan=opts["kan"], kan_hidden=None, kan_kwargs=None, num_classes=10,
+    meta = dict(model=arch, kan=opts["kan"], kan_hidden=None, kan_kwargs=None, num_classes=10,
                 model_kwargs={k: v for k, v in opts.items() if k == "match_params"}, dataset="cifar10 (jpeg)",
                 class_names=CIFAR10, mean=MEAN, std=STD, img_size=32, metrics={"test/acc1": 0.5})
     torch.save({"state_dict": {"model." + k: v for k, v in weights.items()}, "kanvision": meta},
@@ -93,9 +94,13 @@ def test_create_model_from_tag_builds_its_kind_and_loads_its_weights(shipped, ta
     model = timm.create_model(tag, pretrained=True)
     sd = model.state_dict()
     assert sd.keys() == weights[tag].keys() and all(torch.equal(sd[k], weights[tag][k]) for k in sd)
-    want = {NONE: "none", BSPLINE: "bspline", RSWAF: "rswaf", MATCH: "none"}[tag]
+    want = {NONE: "none", BSPLINE: "bspline", RSWAF: "rswaf", MATCH: "none", CONV_NONE: "none",
+            CONV_BSPLINE: "bspline"}[tag]
     assert C.kan_kind_of(sd) == want
-    hidden = model.blocks[0].mlp_channels.fc1.out_features if want == "none" else None
+    if tag.startswith("kan_convmixer_128_8_p4."):  # dim 128, patch 4: a 1x1 conv or a 128 -> 128 KAN per block
+        assert sd["stem.0.weight"].shape == (128, 3, 4, 4) and len(model.blocks) == 8
+        assert sum(v.numel() for v in model.parameters()) == {CONV_NONE: 170_634, CONV_BSPLINE: 1_349_258}[tag]
+    hidden = model.blocks[0].mlp_channels.fc1.out_features if tag in (NONE, MATCH) else None
     if tag == NONE:
         assert hidden == 512  # timm's mlp_ratio 4
     if tag == MATCH:  # widened to the B-spline model's size
@@ -104,7 +109,8 @@ def test_create_model_from_tag_builds_its_kind_and_loads_its_weights(shipped, ta
     assert list(model.pretrained_cfg["label_names"]) == CIFAR10
     fresh = timm.create_model(tag)  # pretrained=False: the tag's architecture, not its weights
     assert {k: v.shape for k, v in fresh.state_dict().items()} == {k: v.shape for k, v in sd.items()}
-    assert not torch.equal(fresh.stem.proj.weight, sd["stem.proj.weight"])
+    stem = "stem.0.weight" if tag.startswith("kan_convmixer") else "stem.proj.weight"
+    assert not torch.equal(fresh.state_dict()[stem], sd[stem])
 
 
 def test_options_contradicting_the_tag_are_refused(shipped):

@@ -68,3 +68,19 @@ def test_findings_count_only_full_scale_runs_as_done(images, steps, probes, full
     assert TAG + "rswaf" in missing and TAG + "none_match_bspline" in missing
     assert (TAG + "bspline" in missing) is (not full) and (TAG + "none" in missing) is (not full)
     assert results_doc.full_scale(d["settings"]) is full
+
+
+def test_each_architecture_pair_gets_its_own_verdict():
+    conv = "kan_convmixer_128_8_p4.cifar10_"
+    d = data(40.0, 60.0)
+    d["models"][conv + "none"] = model(30.0, 20.0, 170_000, 0.02)
+    d["models"][conv + "bspline"] = model(25.0, 10.0, 1_350_000, 0.00)
+    text = results_doc.hessian_finding([("c.json", d)], [conv + "bspline"])
+    mixer, convmixer = text.split("ConvMixer pair: ")
+    assert "Mixer pair: MLP: lambda_max 16, 40 above" in mixer and "The B-spline Mixer has more" in mixer
+    assert convmixer.startswith("MLP: lambda_max 30, 20 above 0.1 lambda_max (SLQ; 1.18e-04 per parameter)")
+    assert "The B-spline ConvMixer has fewer eigenvalues above 0.1 lambda_max than the MLP (fewer per parameter): " \
+           "against the paper's direction" in convmixer
+    assert "no second seed yet" in text and "ConvMixer pair yet" not in text
+    assert "no second seed and no ConvMixer pair yet" in results_doc.hessian_finding([("a.json", data(1, 2))], ["x"])
+    assert results_doc.short(conv + "bspline") == "ConvMixer bspline" and results_doc.short(TAG + "none") == "Mixer none"
