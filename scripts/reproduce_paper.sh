@@ -26,8 +26,8 @@ step() {  # name command...: run it, log its output, record its wall time
   echo "run $(date -u +%FT%TZ) at commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- kanvision scripts || echo ' (with uncommitted changes)')"
   echo "hardware: $(nproc) CPU cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), torch $($PY -c 'import torch; print(torch.__version__, "threads", torch.get_num_threads())'), no GPU in this run"
 } > "$OUT/header.txt"
-# The shipped Mixer (CIFAR-10), then DeiT-Tiny/Small at the paper's Table 1 setting (CIFAR-100, KAN hidden 192)
-step params bash -c "$PY -m kanvision.cli params kan_mixer_tiny_p4_32 --kan none bspline rswaf --num-classes 10 && $PY -m kanvision.cli params kan_deit_tiny_patch16_224 kan_deit_small_patch16_224 --kan none bspline rswaf --num-classes 100 --kan-hidden 192"
+# The shipped Mixer and ConvMixer (CIFAR-10), then DeiT-Tiny/Small at the paper's Table 1 setting (CIFAR-100, KAN hidden 192)
+step params bash -c "$PY -m kanvision.cli params kan_mixer_tiny_p4_32 kan_convmixer_128_8_p4 --kan none bspline rswaf --num-classes 10 && $PY -m kanvision.cli params kan_deit_tiny_patch16_224 kan_deit_small_patch16_224 --kan none bspline rswaf --num-classes 100 --kan-hidden 192"
 # keep the tables for the page (one header)
 grep '^|' "$OUT/params.log" | awk '!(/^\| model/ || /^\|---/) || !seen[$0]++' > "$OUT/params.md"
 step table1 $PY -m pytest -q -rxXs -p no:cacheprovider tests/test_table1_layout.py

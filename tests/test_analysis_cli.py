@@ -194,3 +194,21 @@ def test_hessian_on_training_images_needs_a_folder_named_in_one_line(tmp_path, c
         main(base)
     with pytest.raises(SystemExit, match=f"no train images at {tmp_path}/train.*point --data-root at"):
         main([*base, "--data-root", str(tmp_path)])
+
+
+def test_hessian_resume_keeps_finished_models_and_refuses_other_settings(tmp_path, capsys):
+    run = ["analyze", "hessian", *TINY, "--batch-size", "4", "--top-k", "1", "--steps", "4", "--probes", "1",
+           "--trace-probes", "0", "--maxiter", "30", "--bottom-k", "0", "--device", "cpu", "--out", str(tmp_path)]
+    first = main([*run, "--kan", "none"])["models"]["test_vit:none"]
+    both = main([*run, "--kan", "none", "--kan", "rswaf", "--resume"])["models"]
+    assert set(both) == {"test_vit:none", "test_vit:rswaf"}
+    # the finished model is kept as it was written (same HVP count and seconds, not recomputed)
+    assert both["test_vit:none"]["seconds"] == first["seconds"] and both["test_vit:none"]["top"] == first["top"]
+    assert "test_vit:none: kept from" in capsys.readouterr().out
+    assert both["test_vit:rswaf"]["device_name"].startswith("cpu")
+    with pytest.raises(SystemExit) as e:
+        main([*run, "--kan", "bspline", "--resume", "--steps", "8"])
+    msg = str(e.value)
+    assert msg.startswith("kanvision analyze hessian: --resume with other settings than ") and "\n" not in msg
+    assert "steps 4 there, 8 now" in msg and "give another --out" in msg
+    assert set(json.loads((tmp_path / "hessian.json").read_text())["models"]) == {"test_vit:none", "test_vit:rswaf"}

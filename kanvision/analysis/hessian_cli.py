@@ -178,7 +178,9 @@ def hessian_main(args) -> dict:
                                   "threads": torch.get_num_threads(), "device_name": _device_name(args.device)}
     results = {"settings": settings, "models": {}}
     if args.resume and path.is_file():
-        results["models"] = json.loads(path.read_text()).get("models", {})
+        kept = json.loads(path.read_text())
+        _check_resumable(kept.get("settings", {}), settings, path)
+        results["models"] = kept.get("models", {})
     train_split = args.data == "imagefolder" and args.split == "train"
     splits = {}
     models = _models(args)
@@ -215,7 +217,9 @@ def hessian_main(args) -> dict:
                 "counts": H.large_eigenvalue_counts(args.threshold, op.size, runs, top["values"],
                                                     bottom["values"]),
                 "relative_counts": H.relative_counts(top["values"], op.size, runs, args.fractions, args.top_k),
-                "hvp_calls": op.calls, "seconds": time.time() - t0}
+                "hvp_calls": op.calls, "seconds": time.time() - t0,
+                # per model: a resumed file may hold models computed on another machine
+                "device_name": settings["device_name"], "threads": settings["threads"]}
             path.write_text(json.dumps(results, indent=1, default=str))
     path.write_text(json.dumps(results, indent=1, default=str))
     try:
@@ -232,6 +236,19 @@ def hessian_main(args) -> dict:
               + (f" | train-vs-val top-1 gap {gap:+.4f}" if gap is not None else ""))
     print(f"wrote {path} and {out / 'hessian_density.png'}")
     return results
+
+
+# Settings that change the numbers: a file resumed under other values would mix two studies under one header.
+RESULT_SETTINGS = ("data", "split", "val_split", "data_seed", "seed", "num_classes", "batch_size", "batches",
+                   "top_k", "bottom_k", "tol", "maxiter", "steps", "probes", "trace_probes", "threshold",
+                   "fractions", "precision")
+
+
+def _check_resumable(kept: dict, now: dict, path: Path) -> None:
+    differ = [f"{k} {kept.get(k)!r} there, {now.get(k)!r} now" for k in RESULT_SETTINGS if kept.get(k) != now.get(k)]
+    if differ:
+        raise SystemExit(f"kanvision analyze hessian: --resume with other settings than {path} was made with ("
+                         + "; ".join(differ) + "): rerun with its settings, or give another --out")
 
 
 def _device_name(device) -> str:
