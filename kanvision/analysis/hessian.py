@@ -104,14 +104,17 @@ class HessianOperator:
     def _hvp_mode(self):
         """Double-backward-friendly paths, same function (tested equal): B-spline layers on the local polynomial
         form, whose double backward is ~3x cheaper than the recursion's, other KAN layers on their autograd
-        reference, attention on the math kernel (fused kernels have no double backward)."""
+        reference, depthwise convs on depthwise_conv2d (PyTorch's double backward loops over the groups),
+        attention on the math kernel (fused kernels have no double backward)."""
         from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        from .depthwise import depthwise_hvp_path
 
         saved = [(m, m.impl) for m in self.model.modules() if getattr(m, "impl", None) in ("fast", "reference")]
         for m, _ in saved:
             m.impl = "local" if isinstance(m, BSplineKAN) else "reference"
         try:
-            with sdpa_kernel(SDPBackend.MATH):
+            with sdpa_kernel(SDPBackend.MATH), depthwise_hvp_path(self.model):
                 yield
         finally:
             for m, impl in saved:
