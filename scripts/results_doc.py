@@ -173,7 +173,8 @@ def hessian_finding(hess: list[tuple[str, dict]], missing: list[str]) -> str:
     if not texts:
         texts.append("No source has both the MLP and a KAN model yet.")
     seen = {k for _, d in hess for k in d["models"]}
-    absent = ["no second seed"] + ([] if any(k.startswith("kan_convmixer") for k in seen) else ["no ConvMixer pair"])
+    absent = ["no second seed"] + ([] if any(k.startswith("kan_convmixer") for k in seen)
+                                   else ["no Hessian of the ConvMixer pair at any scale"])
     if missing:
         texts.append("Not computed at the full scale yet: " + ", ".join(missing) + " (HVP cost, see "
                      "`scripts/hessian_study.sh`); " + " and ".join(absent) + " yet.")

@@ -81,6 +81,7 @@ def test_each_architecture_pair_gets_its_own_verdict():
     assert convmixer.startswith("MLP: lambda_max 30, 20 above 0.1 lambda_max (SLQ; 1.18e-04 per parameter)")
     assert "The B-spline ConvMixer has fewer eigenvalues above 0.1 lambda_max than the MLP (fewer per parameter): " \
            "against the paper's direction" in convmixer
-    assert "no second seed yet" in text and "ConvMixer pair yet" not in text
-    assert "no second seed and no ConvMixer pair yet" in results_doc.hessian_finding([("a.json", data(1, 2))], ["x"])
+    assert "no second seed yet" in text and "ConvMixer pair at any scale" not in text
+    assert "no second seed and no Hessian of the ConvMixer pair at any scale yet" in \
+        results_doc.hessian_finding([("a.json", data(1, 2))], ["x"])
     assert results_doc.short(conv + "bspline") == "ConvMixer bspline" and results_doc.short(TAG + "none") == "Mixer none"
