@@ -33,17 +33,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = "configs/pretrained/cifar10_kan_mixer_tiny_p4_32.yaml"
 EPOCHS = 15  # the recipe's trainer.max_epochs
-CONVMIXER = ["--model.model", "kan_convmixer_256_8", "--model.model_kwargs",
-             '{"dim": 128, "depth": 8, "patch_size": 4}']
-# name -> (priority, extra fit arguments); 1 = the pretrained tags still missing, 2 = the Hessian study's extras
+# name -> (priority, extra fit arguments). The three GPU-trained tags are shipped (their manifest entries name the
+# commit that ran them); what the Hessian study still needs is a second seed of the MLP and B-spline Mixers.
+# The ConvMixer pair (kan_convmixer_128_8_p4) was trained on a CPU with its own recipe (train_pretrained.sh).
 PLAN = {
-    "cifar10_bspline": (1, ["--model.kan", "bspline"]),
-    "cifar10_rswaf": (1, ["--model.kan", "rswaf"]),
-    "cifar10_none_match_bspline": (1, ["--model.kan", "none", "--model.model_kwargs", '{"match_params": "bspline"}']),
-    "cifar10_none_seed1": (2, ["--model.kan", "none", "--seed_everything", "1"]),
-    "cifar10_bspline_seed1": (2, ["--model.kan", "bspline", "--seed_everything", "1"]),
-    "cifar10_convmixer128_none": (2, ["--model.kan", "none", *CONVMIXER]),
-    "cifar10_convmixer128_bspline": (2, ["--model.kan", "bspline", *CONVMIXER]),
+    "cifar10_none_seed1": (1, ["--model.kan", "none", "--seed_everything", "1"]),
+    "cifar10_bspline_seed1": (1, ["--model.kan", "bspline", "--seed_everything", "1"]),
 }
 
 
