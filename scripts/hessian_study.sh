@@ -7,7 +7,8 @@
 #
 #   scripts/hessian_study.sh OUT [DATA]        # DATA: CIFAR-10 image folders DATA/{train,test}/<class>/
 #   SCALE=cpu scripts/hessian_study.sh OUT     # reduced: 256 images, top-5 at tol 1e-3, SLQ 10 x 20, no trace;
-#     on 2 CPU cores (docs/data/hessian_cpu.json): MLP 11 min, B-spline 23 min, size-matched MLP 34 min
+#     on 2 CPU cores (docs/data/hessian_cpu.json): MLP 11 min, B-spline 23 min, size-matched MLP 34 min;
+#     ConvMixer MLP 7 min, ConvMixer B-spline 21 min (a test run sharing the cores for part of both)
 #
 # The full scale needs a GPU in practice: one model takes ~860 HVPs over the 1,000 images. Measured per HVP
 # over 128 images on 2 idle CPU cores, SLQ's lockstep probes: MLP 1.1 s, B-spline 2.5 s, RSWAF 3.6 s,

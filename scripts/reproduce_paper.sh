@@ -2,7 +2,8 @@
 # The limitations paper's evidence on the shipped weights, on this CPU: Table 1 parameter counts and FLOPs,
 # Figure 4 memory (both KAN storage modes), throughput, learned spline edges; Figure 3 (Hessian) is read from
 # the recorded runs of scripts/hessian_study.sh (docs/data/hessian_gpu.json: full scale, on a GPU;
-# docs/data/hessian_cpu.json: SCALE=cpu on this CPU, about an hour; see that script), not recomputed here.
+# docs/data/hessian_cpu.json: SCALE=cpu on this CPU, the Mixers and the ConvMixer pair, about 1.5 hours; see
+# that script), not recomputed here.
 # Writes docs/results.md and docs/figures/*.png (scripts/results_doc.py) from this run's output in $OUT;
 # the page states this run's wall time per step.
 #
