@@ -60,12 +60,12 @@ def _build_kan_convmixer(variant, pretrained=False, kan=None, kan_hidden=None, k
     return build_kan_model(ConvMixer, variant, pretrained, spec, kwargs, post=_swap_channel_mixers)
 
 
-_NARROW = cifar_cfg(first_conv="stem.0", classifier="head")
+_CFG = cifar_cfg(first_conv="stem.0", classifier="head")
 default_cfgs = untagged_default(generate_default_cfgs({
-    "kan_convmixer_256_8": cifar_cfg(first_conv="stem.0", classifier="head"),
-    "kan_convmixer_512_16": cifar_cfg(first_conv="stem.0", classifier="head"),
-    "kan_convmixer_128_8_p4": _NARROW,
-    **tag_cfgs("kan_convmixer_128_8_p4", _NARROW),  # shipped weights: checkpoints/, see kanvision.pretrained
+    "kan_convmixer_256_8": _CFG,
+    "kan_convmixer_512_16": _CFG,
+    "kan_convmixer_128_8_p4": _CFG,
+    **tag_cfgs("kan_convmixer_128_8_p4", _CFG),  # shipped weights: checkpoints/, see kanvision.pretrained
 }))
 
 
