@@ -6,7 +6,7 @@
 Cases:
 - layer: one BSplineKAN(768 -> 192) `update_grid` on --rows rows (inputs N(0, 0.7^2), float32).
 - build: `timm.create_model("kan_deit_base_patch16_224", kan="bspline", kan_hidden=192)`.
-- model: `kanvision.grid_update.update_grids` on that model with 8 random 224x224 images (8 x 197 tokens =
+- model: `kanvision.train.grid_update.update_grids` on that model with 8 random 224x224 images (8 x 197 tokens =
   1576 rows per layer, 24 B-spline layers), single process, after one warm-up forward (its time includes
   the forward pass that captures the layer inputs).
 
@@ -64,7 +64,7 @@ def child(case: str, threads: int, rows: int) -> dict:
         t0 = time.perf_counter()
         _build()
     elif case == "model":
-        from kanvision.grid_update import update_grids
+        from kanvision.train.grid_update import update_grids
         model = _build()
         images = torch.randn(8, 3, 224, 224)
         with torch.no_grad():  # warm-up: in training the grid update follows many forward passes

@@ -32,7 +32,7 @@ from torch import nn
 from kanvision.analysis.memory import saved_tensor_bytes
 from kanvision.device import DeviceError, resolve_device, synchronize
 from kanvision.layers import BSplineKAN, RSWAFKAN
-from kanvision.layers.workspace import release_scratch, scratch_bytes
+from kanvision.kinds.workspace import release_scratch, scratch_bytes
 
 SHAPES = [(8192, 192, 192), (4096, 384, 1536), (16384, 64, 256)]
 GRID, ORDER, RSWAF_GRIDS = 5, 3, 8
@@ -198,7 +198,7 @@ def main(argv=None) -> int:
         "- memory: training-step extra = bytes of the distinct tensors saved for backward (via "
         "torch.autograd.graph.saved_tensors_hooks; parameters excluded, the layer input counted when saved) plus "
         "the output; transient buffers freed inside forward/backward are not counted. scratch = the fast kernels' "
-        "reused feature buffers (kanvision.layers.workspace), held between steps and shared by every KAN layer "
+        "reused feature buffers (kanvision.kinds.workspace), held between steps and shared by every KAN layer "
         "of a model (sized by its largest layer call); they spare the CPU a page-faulting fresh buffer per call",
         f"- layers: B-spline grid {GRID}, order {ORDER} (efficient-kan defaults), RSWAF {RSWAF_GRIDS} centres; "
         "inputs uniform in [-1.2, 1.2]; floor = nn.Linear without bias on a materialised input of in*width "

@@ -4,7 +4,7 @@ Importing the package registers the model zoo with timm, so `timm.create_model("
 """
 __version__ = "0.1.0"
 
-from . import layers, models  # noqa: F401  (models: registers the zoo with timm)
-from .checkpoints import CheckpointError, load_pretrained  # noqa: F401
-from .layers import BSplineKAN, KanMlp, RSWAFKAN, kan_mlp_layer  # noqa: F401
-from .models import count_parameters  # noqa: F401
+from kanvision import layers, models  # noqa: F401  (models: registers the zoo with timm)
+from kanvision.hub.checkpoints import CheckpointError, load_pretrained  # noqa: F401
+from kanvision.layers import BSplineKAN, KanMlp, RSWAFKAN, kan_mlp_layer  # noqa: F401
+from kanvision.models import count_parameters  # noqa: F401

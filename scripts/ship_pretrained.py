@@ -17,15 +17,17 @@ import csv
 import json
 import math
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
 
-from kanvision.checkpoints import export, load_pretrained
-from kanvision.cifar_jpeg import default_archive, score_test_subset
-from kanvision.pretrained import RECIPES, TAGS
+from kanvision.hub.checkpoints import export, load_pretrained
+from kanvision.hub.pretrained import RECIPES, TAGS
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the fixed-subset scorer is the shipped-weights test's own fixture
+from cifar_jpeg import default_archive, score_test_subset  # noqa: E402
 DATASET = ("CIFAR-10, JPEG copy of the 50,000 training / 10,000 test images (../shared/data/cifar10-jpeg.tar.gz); "
            "5,000 training images held out (val_split 0.1, seed 0) for validation")
 
@@ -137,6 +139,7 @@ def main() -> None:
     p.add_argument("--test-metrics", type=Path, help="metrics.csv of a separate `kanvision test` run")
     p.add_argument("--trained-on", required=True,
                    help="the machine, and what shared it, e.g. '2-core CPU' or 'NVIDIA H100 80GB HBM3 (3 runs at once)'")
+    p.add_argument("--seed", type=int, required=True, help="the run's seed_everything (0: first weight, 1: _seed1 tag)")
     p.add_argument("--out", type=Path, default=ROOT / "checkpoints")
     args = p.parse_args()
 
@@ -151,7 +154,7 @@ def main() -> None:
     folder = args.out / args.tag
     config = export(ckpt, folder, force=True)
     entry = dict(
-        tag=args.tag, file=f"{args.tag}/model.safetensors", sha256=config["kanvision"]["sha256"], dataset=DATASET,
+        tag=args.tag, seed=args.seed, file=f"{args.tag}/model.safetensors", sha256=config["kanvision"]["sha256"], dataset=DATASET,
         kan=hparams["kan"], model_kwargs=hparams.get("model_kwargs"), params=int(hparams["params/total"]),
         params_kan=int(hparams["params/kan"]),
         val_top1=c["val"][best_epoch][0], val_top5=c["val"][best_epoch][1], test_top1=test1, test_top5=test5,

@@ -27,14 +27,22 @@ if [ ! -d "$DATA/train" ] || [ ! -d "$DATA/test" ]; then
 fi
 mkdir -p "$RUNS"
 
-# architecture : run-name prefix : tag suffix : --model.kan : match_params (empty: none)
+# architecture : run-name prefix : tag suffix : --model.kan : match_params (empty: none) : seed
+# Seed 0 is the first shipped weight; seed 1 ships as <tag>_seed1 (same recipe and hold-out, another init and order).
+# ONLY="tag1 tag2" trains just those tags (in this order of the list).
 M=kan_mixer_tiny_p4_32 C=kan_convmixer_128_8_p4
-for spec in "$M:cifar10:none:none:" "$M:cifar10:bspline:bspline:" "$M:cifar10:rswaf:rswaf:" \
-            "$M:cifar10:none_match_bspline:none:bspline" "$C:cifar10_convmixer128:none:none:" \
-            "$C:cifar10_convmixer128:bspline:bspline:"; do
-  IFS=: read -r arch prefix suffix kan match <<<"$spec"
-  tag=$arch.cifar10_$suffix
-  name=${prefix}_$suffix
+SPECS=("$M:cifar10:none:none::0" "$M:cifar10:bspline:bspline::0" "$M:cifar10:rswaf:rswaf::0"
+       "$M:cifar10:none_match_bspline:none:bspline:0" "$C:cifar10_convmixer128:none:none::0"
+       "$C:cifar10_convmixer128:bspline:bspline::0"
+       "$C:cifar10_convmixer128:none:none::1" "$C:cifar10_convmixer128:bspline:bspline::1"
+       "$M:cifar10:none:none::1" "$M:cifar10:bspline:bspline::1" "$M:cifar10:rswaf:rswaf::1"
+       "$M:cifar10:none_match_bspline:none:bspline:1")
+for spec in "${SPECS[@]}"; do
+  IFS=: read -r arch prefix suffix kan match seed <<<"$spec"
+  sfx=""; [ "$seed" != 0 ] && sfx=_seed$seed
+  tag=$arch.cifar10_$suffix$sfx
+  name=${prefix}_$suffix$sfx
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $tag "* ]]; then continue; fi
   RECIPE=configs/pretrained/cifar10_$arch.yaml
   if "$PY" - "$tag" <<'EOF'
 import json, sys
@@ -45,7 +53,8 @@ EOF
   then echo "=== $tag: shipped already"; continue; fi
 
   args=(fit --config configs/trainer/cpu.yaml --config "$RECIPE" --model.kan "$kan" --name "$name"
-        --trainer.default_root_dir "$RUNS/runs" --data.root "$DATA" --trainer.enable_progress_bar false)
+        --trainer.default_root_dir "$RUNS/runs" --data.root "$DATA" --trainer.enable_progress_bar false
+        --seed_everything "$seed")
   [ -n "$match" ] && args+=(--model.model_kwargs "{\"match_params\": \"$match\"}")
   resume=$(ls -t "$RUNS/runs/$name"/version_*/checkpoints/interrupted-step*.ckpt \
                "$RUNS/runs/$name"/version_*/checkpoints/last.ckpt 2>/dev/null | head -1 || true)
@@ -62,6 +71,6 @@ EOF
   run_dir=$(ls -d "$RUNS/runs/$name"/version_* 2>/dev/null | sort -V | tail -1 || true)
   [ -n "$resume" ] && run_dir=$(dirname "$(dirname "$resume")")
   run_dir=${run_dir:-$RUNS/runs/$name/version_0}
-  run "$PY" scripts/ship_pretrained.py "$run_dir" --tag "$tag" --wall-s "$wall" --trained-on "${TRAINED_ON:-$(nproc)-core CPU}" \
+  run "$PY" scripts/ship_pretrained.py "$run_dir" --tag "$tag" --seed "$seed" --wall-s "$wall" --trained-on "${TRAINED_ON:-$(nproc)-core CPU}" \
       --command "kanvision ${args[*]} (scripts/train_pretrained.sh at $(git rev-parse --short HEAD); wall time summed over resumes)"
 done

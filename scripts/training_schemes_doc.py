@@ -17,7 +17,7 @@ import shutil
 import statistics
 from pathlib import Path
 
-from kanvision.sweep import latest_version
+from kanvision.train.runs import latest_version
 
 ROOT = Path(__file__).resolve().parent.parent
 KIND, INIT, OPT, LR = "model.kan", "model.kan_kwargs.init", "model.optimizer", "model.optimizer.init_args.lr"

@@ -86,7 +86,7 @@ def test_splines_cli(tmp_path):
                 "--out", str(tmp_path)])
     assert len(res["test_vit:bspline"]["edges"]) == 4
     assert (tmp_path / "splines_test_vit_bspline.png").exists()
-    with pytest.raises(SystemExit, match="no BSplineKAN/RSWAFKAN layer"):
+    with pytest.raises(SystemExit, match="no KAN layer with edge functions"):
         main(["analyze", "splines", *TINY, "--kan", "none", "--out", str(tmp_path)])
 
 

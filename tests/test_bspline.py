@@ -260,7 +260,7 @@ def test_reference_path_gradcheck():
 def test_uniform_local_basis_is_the_textbook_basis(order, grid_size):
     """uniform_basis (the local polynomial form) equals the scalar Cox-de Boor recursion at random points,
     points outside the knots and points exactly on knots (half-open support)."""
-    from kanvision.layers.bspline_basis import uniform_basis
+    from kanvision.kinds.bspline.basis import uniform_basis
     grid = uniform_knots(2, grid_size, order, (-1.0, 1.0), dtype=torch.float64)
     g = grid[0].tolist()
     x = torch.cat([torch.rand(40, 2, dtype=torch.float64) * 3 - 1.5, grid[:, ::2].t()[: 2 * grid_size].reshape(-1, 2)])

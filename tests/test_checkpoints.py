@@ -11,8 +11,8 @@ import timm
 import torch
 from torch import nn
 
-from kanvision import checkpoints as C
-from kanvision.checkpoints import CheckpointError
+from kanvision.hub import checkpoints as C
+from kanvision.hub.checkpoints import CheckpointError
 from kanvision.layers import KanMlp
 
 ARCH = "resnet10t"  # small, in every timm; the KAN zoo's own models are covered in the integration test

@@ -9,9 +9,9 @@ import torch
 from torch._dynamo.utils import counters
 
 import kanvision  # noqa: F401  registers the zoo
-from kanvision.grid_update import bspline_layers, update_grids
+from kanvision.train.grid_update import grid_layers, update_grids
 from kanvision.cli import main
-from kanvision.layers import compile as kcompile
+from kanvision.kinds import compile as kcompile
 
 FAMILIES = [("kan_mixer_tiny_p4_32", dict(num_blocks=1)), ("kan_convmixer_256_8", dict(depth=1)),
             ("kan_deit_tiny_patch4_32", dict(depth=1))]
@@ -93,7 +93,7 @@ def test_compiled_model_follows_a_grid_update():
     x = torch.randn(2, 3, 32, 32)
     assert_close(model, compiled, x)
     update_grids(model, torch.randn(4, 3, 32, 32))
-    assert not any(layer.grid_uniform for layer in bspline_layers(model))
+    assert not any(layer.grid_uniform for layer in grid_layers(model))
     assert_close(model, compiled, x)
 
 

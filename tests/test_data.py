@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from kanvision.data import DataError, ImageDataModule, SyntheticImages
+from kanvision.data.datamodule import DataError, ImageDataModule, SyntheticImages
 
 
 def test_synthetic_loaders_and_metadata():
@@ -236,7 +236,7 @@ def test_failed_download_leaves_no_empty_data_dir(tmp_path, monkeypatch):
 def test_a_whole_float_val_split_is_a_count(tmp_path):
     """On one GPU machine (Python 3.12) a YAML `val_split: 1000` arrived as 1000.0 and was refused as a
     fraction >= 1 (then, half-fixed, read as a fraction: 6,000,000 images held out). 1000.0 is 1000 images."""
-    from kanvision.data import DataError
+    from kanvision.data.datamodule import DataError
     dm = ImageDataModule(dataset="synthetic", synthetic_size=300, val_split=100.0, batch_size=10)
     assert dm.hparams.val_split == 100 and isinstance(dm.hparams.val_split, int)
     dm.setup("fit")

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from kanvision.layers import BSplineKAN
-from kanvision.layers.bspline import uniform_knots
+from kanvision.kinds.bspline.layer import uniform_knots
 
 VAL_SIZE = 32  # synthetic test split = synthetic_size // 4; even per rank, so no sampler padding
 

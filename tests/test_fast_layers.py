@@ -6,9 +6,12 @@ import torch
 from torch import nn
 
 from kanvision.layers import BSplineKAN, KanMlp, RSWAFKAN, b_spline_basis, uniform_knots
-from kanvision.layers import bspline_basis, bspline_fast, bspline_local, rswaf_fast
-from kanvision.layers.compile import compile_failures
-from kanvision.layers.workspace import release_scratch, scratch, scratch_bytes
+from kanvision.kinds.bspline import basis as bspline_basis
+from kanvision.kinds.bspline import fast as bspline_fast
+from kanvision.kinds.bspline import local as bspline_local
+from kanvision.kinds.rswaf import fast as rswaf_fast
+from kanvision.kinds.compile import compile_failures
+from kanvision.kinds.workspace import release_scratch, scratch, scratch_bytes
 
 
 def pair(cls, *args, **kwargs):

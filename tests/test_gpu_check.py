@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from kanvision import gpu_check
+from kanvision.analysis import gpu_check
 from kanvision.cli import main
 from kanvision.layers import RSWAFKAN
 

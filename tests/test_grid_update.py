@@ -14,10 +14,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from kanvision.grid_update import bspline_layers, update_grids
-from kanvision.layers import BSplineKAN, b_spline_basis, bspline_fit
+from kanvision.train.grid_update import grid_layers, update_grids
+from kanvision.layers import BSplineKAN, b_spline_basis
 
 
+from kanvision.kinds.bspline import fit as bspline_fit
 def lstsq_min_norm(x, y, grid, order):
     """Independent reference: per-input gelsd on the dense (N, G + k) basis, y (N, in, out) -> (out, in, G + k)."""
     a = b_spline_basis(x.double(), grid.double(), order).transpose(0, 1)
@@ -146,7 +147,7 @@ def test_built_models_keep_the_construction_init_and_fit_once(model, kwargs, mon
     monkeypatch.setattr(bspline_fit, "init_coefficients", lambda *a: fits.append(1) or real_fit(*a))
     torch.manual_seed(0)
     built = timm.create_model(model, kan="bspline", **kwargs)
-    layers = bspline_layers(built)
+    layers = grid_layers(built)
     assert layers and len(snapshots) == len(layers) == len(fits)
     for layer, before in snapshots:
         assert any(layer is other for other in layers)
@@ -249,9 +250,9 @@ def test_gather_free_path_matches_layer_update_grid():
 def test_grid_update_once_per_optimizer_step_under_accumulation(tmp_path, monkeypatch):
     import lightning as L
 
-    import kanvision.module as module
-    from kanvision.data import ImageDataModule
-    from kanvision.module import ImageClassifier
+    import kanvision.train.module as module
+    from kanvision.data.datamodule import ImageDataModule
+    from kanvision.train.module import ImageClassifier
 
     steps = []
     monkeypatch.setattr(module, "update_grids", lambda model, images: steps.append(model_ref.global_step))

@@ -291,7 +291,7 @@ def test_config_kan_kwargs_init_reaches_the_layers(capsys):
     import yaml
 
     from kanvision.cli import main
-    from kanvision.module import ImageClassifier
+    from kanvision.train.module import ImageClassifier
 
     with pytest.raises(SystemExit) as done:
         main(["fit", "--print_config", "--model.model=kan_mixer_tiny_p4_32", "--model.kan=bspline",

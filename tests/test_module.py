@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from kanvision.grid_update import bspline_layers, update_grids
-from kanvision.module import ConfigError, ImageClassifier, WarmupCosine
+from kanvision.train.grid_update import grid_layers, update_grids
+from kanvision.train.module import ConfigError, ImageClassifier, WarmupCosine
 
 TINY = dict(model="kan_mixer_tiny_p4_32", model_kwargs=dict(num_blocks=1), num_classes=10)
 
@@ -44,7 +44,7 @@ def test_mixup_loss_and_reg_weight():
     reg = ImageClassifier(kan="bspline", reg_weight=0.5, **TINY)
     reg.load_state_dict(plain.state_dict())
     reg.log = lambda *a, **k: None
-    expected = base + 0.5 * sum(layer.regularization_loss() for layer in bspline_layers(plain.model))
+    expected = base + 0.5 * sum(layer.regularization_loss() for layer in grid_layers(plain.model))
     assert torch.allclose(reg.training_step((x, y), 0), expected)
 
 
@@ -73,9 +73,9 @@ def test_grid_update_moves_grids_and_keeps_the_function():
     model = ImageClassifier(kan="bspline", **TINY).model.double().eval()
     x = batch(16)[0].double()
     before = model.forward_features(x)  # (the Mixer head starts at zero)
-    grids = [layer.grid.clone() for layer in bspline_layers(model)]
+    grids = [layer.grid.clone() for layer in grid_layers(model)]
     assert update_grids(model, x) == 2
-    assert all(not torch.equal(g, layer.grid) for g, layer in zip(grids, bspline_layers(model)))
+    assert all(not torch.equal(g, layer.grid) for g, layer in zip(grids, grid_layers(model)))
     rel = (model.forward_features(x) - before).norm() / before.norm()
     assert rel < 0.05  # the refit preserves what the network computes on that batch
 
@@ -95,8 +95,8 @@ def test_images_per_s_syncs_the_module_device_and_counts_the_batch(tmp_path, mon
 
     import lightning as L
 
-    import kanvision.module as module
-    from kanvision.data import ImageDataModule
+    import kanvision.train.module as module
+    from kanvision.data.datamodule import ImageDataModule
 
     synced, clock = [], iter(range(0, 10**6, 2))  # every clock read 2 s after the previous one
     monkeypatch.setattr(module, "synchronize", lambda device: synced.append(torch.device(device)))

@@ -12,7 +12,9 @@ from timm.layers import Mlp
 
 import kanvision  # noqa: F401  (registers the zoo)
 from kanvision.layers import BSplineKAN, KanMlp, RSWAFKAN
-from kanvision.params import bspline_basis_flops, count_flops, rswaf_basis_flops, zoo_rows
+from kanvision.analysis.params import count_flops, zoo_rows
+from kanvision.kinds.bspline import basis_flops as bspline_basis_flops
+from kanvision.kinds.rswaf import basis_flops as rswaf_basis_flops
 
 N, IN, OUT = 7, 6, 4  # rows, in_features, out_features
 

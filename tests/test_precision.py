@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from kanvision.cli import main
-from kanvision.layers import BSplineKAN, RSWAFKAN, bspline_dense, bspline_local
-from kanvision.layers.bspline_basis import b_spline_basis, uniform_knots
+from kanvision.layers import BSplineKAN, RSWAFKAN
+from kanvision.kinds.bspline import dense as bspline_dense
+from kanvision.kinds.bspline import local as bspline_local
+from kanvision.kinds.bspline.basis import b_spline_basis, uniform_knots
 
 # Relative to the largest float32 value: one rounding of features and weights to the format's 8 (bf16) or
 # 11 (fp16) significant bits, accumulated in float32 by the matmul, stays well inside these.

@@ -6,8 +6,8 @@ import timm
 import torch
 from PIL import Image
 
-from kanvision import checkpoints as C
-from kanvision.predict import load_image, main, predict_images
+from kanvision.hub import checkpoints as C
+from kanvision.hub.predict import load_image, main, predict_images
 
 CLASSES = ["cat", "dog", "frog"]
 MEAN, STD = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]

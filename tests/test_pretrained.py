@@ -1,8 +1,8 @@
-"""Pretrained tags (kanvision.pretrained): timm tags, the checkpoints directory, predict and validate/test from a tag.
+"""Pretrained tags (kanvision.hub.pretrained): timm tags, the checkpoints directory, predict and validate/test from a tag.
 
 The four tags are shipped here into a tmp directory the way the real ones are: a kanvision training checkpoint
 per tag (the real kan_mixer_tiny_p4_32 with the tag's options, weights moved off any seed's init) goes
-through `kanvision.checkpoints.export`, and a manifest lists the files with their sha256.
+through `kanvision.hub.checkpoints.export`, and a manifest lists the files with their sha256.
 """
 import json
 import re
@@ -15,10 +15,10 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from kanvision import checkpoints as C
-from kanvision import pretrained as P
-from kanvision.cli import lightning_main
-from kanvision.predict import main as predict_main
+from kanvision.hub import checkpoints as C
+from kanvision.hub import pretrained as P
+from kanvision.train.cli import lightning_main
+from kanvision.hub.predict import main as predict_main
 
 ARCH = "kan_mixer_tiny_p4_32"
 TAGS = sorted(P.TAGS)
@@ -190,7 +190,7 @@ def test_predict_takes_a_tag_and_a_path_of_that_name_wins(shipped, tmp_path, mon
         out = json.loads(capsys.readouterr().out)
         return {t["class"]: t["prob"] for t in out["results"][0]["top"]}
 
-    from kanvision.predict import predict_images
+    from kanvision.hub.predict import predict_images
     expected = predict_images(C.load_pretrained(directory / NONE), [img], topk=10)[0][0]["top"]
     got = probs(NONE)
     assert got == {t["class"]: t["prob"] for t in expected} and set(got) == set(CIFAR10)
@@ -213,7 +213,7 @@ SYNTH = ["--data.dataset=synthetic", "--data.synthetic_size=64", "--data.batch_s
 @pytest.fixture
 def cifar_names(monkeypatch):
     """Synthetic images under CIFAR-10's class names, so that the shipped weights' classes match the data's."""
-    from kanvision.data import ImageDataModule
+    from kanvision.data.datamodule import ImageDataModule
     monkeypatch.setattr(ImageDataModule, "class_names", property(lambda self: CIFAR10))
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import timm
 
-from kanvision.cifar_jpeg import default_archive, score_test_subset, fixed_test_subset
+from cifar_jpeg import default_archive, score_test_subset, fixed_test_subset
 
 MANIFEST = Path(__file__).resolve().parent.parent / "checkpoints" / "manifest.json"
 ENTRIES = json.loads(MANIFEST.read_text())["entries"] if MANIFEST.is_file() else []

@@ -14,8 +14,8 @@ import torch
 import yaml
 
 from kanvision.cli import main
-from kanvision.data import ImageDataModule
-from kanvision.resume import SeededAugment, SeededSampler, get_rng_state, sample_seed, set_rng_state
+from kanvision.data.datamodule import ImageDataModule
+from kanvision.train.resume import SeededAugment, SeededSampler, get_rng_state, sample_seed, set_rng_state
 
 CONFIG = {
     "model": {"model": "kan_mixer_tiny_p4_32", "kan": "bspline", "model_kwargs": {"num_blocks": 1},
@@ -168,8 +168,8 @@ def test_sigterm_outside_a_step_is_not_exit_0(monkeypatch, tmp_path, capsys):
 
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from kanvision import cli
-    from kanvision.runs import RunStatus
+    from kanvision.train import cli
+    from kanvision.train.runs import RunStatus
 
     def raise_sigterm(*a, **k):
         raise SIGTERMException()

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from kanvision.cli import main
-from kanvision.sweep_grid import grid_flags, plan_runs, resolved_base, run_name
+from kanvision.sweep.grid import grid_flags, plan_runs, resolved_base, run_name
 
 BASE = {
     "model": {"model": "kan_mixer_tiny_p4_32", "kan": "bspline", "model_kwargs": {"num_blocks": 1},
@@ -78,8 +78,8 @@ def test_grid_point_flags_merge_dicts_and_switch_optimizer_class(tmp_path, capsy
         assert args["weight_decay"] == 0 and args["lr"] == 0.1 and args["momentum"] == (0 if value == "torch.optim.SGD" else 0.9)
     assert run_name({"model.optimizer": sgd, "model.optimizer.init_args.lr": 0.1}, 0) == "optimizer-SGD-momentum-0.9_lr-0.1_seed0"
     # In results.csv such a value is its JSON (data); results.md shows it short. (No run: nothing to measure.)
-    from kanvision.sweep_grid import Run
-    from kanvision.sweep_report import write_report
+    from kanvision.sweep.grid import Run
+    from kanvision.sweep.report import write_report
     write_report([Run("optimizer-SGD-momentum-0.9_seed0", {"model.optimizer": sgd}, 0)], tmp_path / "r")
     with open(tmp_path / "r" / "results.csv") as f:
         assert json.loads(next(csv.DictReader(f))["model.optimizer"]) == sgd
@@ -153,7 +153,7 @@ def test_sweep_runs_records_resumes_and_writes_slurm_array(tmp_path, capsys, mon
         status = json.loads((run / "status.json").read_text())
         assert row["status"] == status["status"] == ("finished" if lr == 0.01 else "diverged")
         assert row["diverged"] == str(lr != 0.01)
-        from kanvision.module import ImageClassifier
+        from kanvision.train.module import ImageClassifier
         expected = ImageClassifier(model="kan_mixer_tiny_p4_32", kan=kan, model_kwargs={"num_blocks": 1},
                                    kan_kwargs={"compile": False} if kan == "bspline" else None).counts
         assert int(row["params"]) == expected["total"] and int(row["kan_params"]) == expected["kan"]
@@ -188,7 +188,7 @@ def test_sweep_runs_records_resumes_and_writes_slurm_array(tmp_path, capsys, mon
     # Again: every run is done (finished or diverged), so no fit starts at all.
     def no_fit(*a, **k):
         raise AssertionError("a fit was started for a finished run")
-    import kanvision.sweep as sweep
+    import kanvision.sweep.runner as sweep
     monkeypatch.setattr(sweep.subprocess, "Popen", no_fit)
     assert main(argv) == 0
     printed = capsys.readouterr().out

@@ -66,7 +66,7 @@ def test_torchscript_raises_one_clear_error():
 def test_torch_export_of_eval_model(kind):
     model = build("kan_mixer_tiny_p4_32", kind, dict(num_blocks=1)).eval()
     if kind == "bspline":  # the general (non-uniform) kernel must export too
-        from kanvision.grid_update import update_grids
+        from kanvision.train.grid_update import update_grids
         update_grids(model, torch.randn(4, 3, 32, 32))
     x = torch.randn(2, 3, 32, 32)
     program = torch.export.export(model, (x,))

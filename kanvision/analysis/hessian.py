@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kanvision.layers import BSplineKAN
+from kanvision.kinds import kind_of_layer
+from kanvision.models import kan_modules
 
 __all__ = ["HessianOperator", "top_eigenvalues", "extreme_eigenpairs", "lanczos", "lanczos_block", "slq", "density_from_slq",
            "hutchinson_trace", "large_eigenvalue_counts", "relative_counts", "arpack_hvp_bounds"]
@@ -102,22 +103,23 @@ class HessianOperator:
 
     @contextmanager
     def _hvp_mode(self):
-        """Double-backward-friendly paths, same function (tested equal): B-spline layers on the local polynomial
-        form, whose double backward is ~3x cheaper than the recursion's, other KAN layers on their autograd
-        reference, depthwise convs on depthwise_conv2d (PyTorch's double backward loops over the groups),
+        """Double-backward-friendly paths, same function (tested equal): each KAN layer on its kind's `hvp_impl`
+        (B-spline: the local polynomial form, whose double backward is ~3x cheaper than the recursion's; RSWAF: its
+        autograd reference), depthwise convs on depthwise_conv2d (PyTorch's double backward loops over the groups),
         attention on the math kernel (fused kernels have no double backward)."""
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        from .depthwise import depthwise_hvp_path
+        from kanvision.analysis.depthwise import depthwise_hvp_path
 
-        saved = [(m, m.impl) for m in self.model.modules() if getattr(m, "impl", None) in ("fast", "reference")]
-        for m, _ in saved:
-            m.impl = "local" if isinstance(m, BSplineKAN) else "reference"
+        saved = [(m, m.impl, kind.hvp_impl) for m in kan_modules(self.model)
+                 if (kind := kind_of_layer(m)).hvp_impl is not None]
+        for m, _, hvp_impl in saved:
+            m.impl = hvp_impl
         try:
             with sdpa_kernel(SDPBackend.MATH), depthwise_hvp_path(self.model):
                 yield
         finally:
-            for m, impl in saved:
+            for m, impl, _ in saved:
                 m.impl = impl
 
     def linear_operator(self):

@@ -52,8 +52,8 @@ def add_arguments(h) -> None:
 
 def _train_split(args, model):
     """(Hessian batches, hold-out batches) from the training folder, split as `kanvision fit` split it."""
-    from kanvision.data import DataError, ImageDataModule
-    from kanvision.analysis.cli import _input_shape
+    from kanvision.data.datamodule import DataError, ImageDataModule
+    from kanvision.analysis.inputs import _input_shape
 
     if not args.data_root:
         raise SystemExit("kanvision analyze hessian: --data imagefolder needs --data-root DIR with "
@@ -162,7 +162,7 @@ def _hessian_model(args, H, op, label: str, rep, index: str) -> tuple:
 
 def hessian_main(args) -> dict:
     from kanvision.analysis import hessian as H
-    from kanvision.analysis.cli import _batches, _input_shape, _models, _reporter, _settings
+    from kanvision.analysis.inputs import _batches, _input_shape, _models, _reporter, _settings
     from kanvision.analysis.plots import plot_densities
     from kanvision.device import synchronize
 

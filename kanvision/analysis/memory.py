@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kanvision.device import synchronize
-from kanvision.layers.workspace import release_scratch, scratch_bytes
+from kanvision.kinds.workspace import release_scratch, scratch_bytes
 
 __all__ = ["kan_layer_estimate", "analytic_estimate", "paper_estimate", "measure_step", "memory_sweep",
            "IMPLS", "impl_layers", "set_kan_impl", "add_mlp_ratios", "memory_table"]

@@ -2,9 +2,10 @@
 
 Importance of edge (o, i) is the KAN paper's L1 of activations (Liu et al. 2024, "KAN"): the mean over
 samples of |phi_{o,i}(x_i)|, with the layer's inputs captured by a forward hook.
-- BSplineKAN: phi_{o,i}(x) = w_base[o,i] SiLU(x) + sum_m c[o,i,m] s[o,i] B_m(x), plotted against x_i.
-- RSWAFKAN: phi_{o,i}(u) = sum_j W[o, i*J + j] b_j(u) with u = LayerNorm(x)_i. LayerNorm mixes the
-  inputs, so these functions are plotted against the *normalised* input u_i, not x_i.
+A layer takes part when its kind's layer class has the edge protocol: `edge_inputs(rows)` (the values its
+univariate functions see: x itself, or LayerNorm(x) for RSWAF, which mixes the inputs), `edge_values(u)` ->
+phi_{o,i}(u[:, i]) as (N, out, in), `edge_knots(i)` and `edge_range(i)` (where its basis is defined), and
+`edge_xlabel`. B-spline and RSWAF have it (see their classes).
 """
 from __future__ import annotations
 
@@ -13,15 +14,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kanvision.layers import BSplineKAN, RSWAFKAN
+from kanvision.models import kan_modules
 
 
 def kan_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, (BSplineKAN, RSWAFKAN))]
+    """(name, layer) of every KAN layer with the edge protocol (module docstring)."""
+    kan = {id(m) for m in kan_modules(model)}
+    return [(n, m) for n, m in model.named_modules() if id(m) in kan and hasattr(m, "edge_values")]
 
 
 def capture_inputs(model: nn.Module, layer: nn.Module, x: torch.Tensor, max_rows: int = 4096) -> torch.Tensor:
-    """The layer's inputs (rows, in_features) during `model(x)`; for RSWAF, the LayerNorm output."""
+    """The values the layer's edge functions see (rows, in_features) during `model(x)` (`edge_inputs`)."""
     got = []
     h = layer.register_forward_hook(lambda m, inp, out: got.append(inp[0].detach()))
     try:
@@ -32,27 +35,16 @@ def capture_inputs(model: nn.Module, layer: nn.Module, x: torch.Tensor, max_rows
     if not got:
         raise ValueError("the chosen KAN layer was not called by the model's forward")
     rows = got[0].reshape(-1, layer.in_features)[:max_rows]
-    if isinstance(layer, RSWAFKAN):
-        with torch.no_grad():
-            rows = layer.layernorm(rows)
-    return rows
+    with torch.no_grad():
+        return layer.edge_inputs(rows)
 
 
 def edge_values(layer: nn.Module, u: torch.Tensor) -> torch.Tensor:
     """phi_{o,i}(u[:, i]) for all edges: (N, out, in)."""
+    if not hasattr(layer, "edge_values"):
+        raise TypeError(f"spline plots need a KAN layer with edge functions (edge_values), got {type(layer).__name__}")
     with torch.no_grad():
-        if isinstance(layer, BSplineKAN):
-            spline = torch.einsum("nim,oim->noi", layer.b_splines(u), layer.scaled_spline_weight)
-            return spline + layer.base_weight[None] * layer.base_activation(u)[:, None, :]
-        if isinstance(layer, RSWAFKAN):
-            b = layer.rbf(u)  # (N, in, J)
-            w = layer.spline_linear.weight.view(layer.out_features, layer.in_features, layer.num_grids)
-            return torch.einsum("nij,oij->noi", b, w)
-    raise TypeError(f"spline plots need a BSplineKAN or RSWAFKAN layer, got {type(layer).__name__}")
-
-
-def knots_of(layer: nn.Module, i: int) -> torch.Tensor:
-    return layer.grid[i].detach().cpu() if isinstance(layer, BSplineKAN) else layer.rbf.grid.detach().cpu()
+        return layer.edge_values(u)
 
 
 def plot_edges(layer: nn.Module, u: torch.Tensor, path: Path, top: int = 9, title: str = "") -> list[dict]:
@@ -73,11 +65,8 @@ def plot_edges(layer: nn.Module, u: torch.Tensor, path: Path, top: int = 9, titl
     for ax, k in zip(axes.flat, order.tolist()):
         o, i = divmod(k, layer.in_features)
         data = u[:, i].cpu()
-        knots = knots_of(layer, i)
-        if isinstance(layer, BSplineKAN):  # the knots inside which the bases sum to one
-            lo, hi = float(knots[layer.spline_order]), float(knots[-layer.spline_order - 1])
-        else:
-            lo, hi = float(knots.min()), float(knots.max())
+        knots = layer.edge_knots(i).detach().cpu()
+        lo, hi = layer.edge_range(i)
         outside = float(((data < lo) | (data > hi)).float().mean())
         xs = torch.linspace(min(lo, float(data.min())), max(hi, float(data.max())), 200, dtype=u.dtype)
         ys = edge_values(layer, _at(xs, i, layer.in_features, u))[:, o, i].cpu()
@@ -94,7 +83,7 @@ def plot_edges(layer: nn.Module, u: torch.Tensor, path: Path, top: int = 9, titl
         info.append({"out": o, "in": i, "importance": float(imp[o, i]), "fraction_outside_grid": outside})
     for ax in list(axes.flat)[len(order):]:
         ax.axis("off")
-    xlabel = "input x_i" if isinstance(layer, BSplineKAN) else "normalised input LayerNorm(x)_i"
+    xlabel = layer.edge_xlabel
     fig.suptitle(f"{title} ({xlabel}; red ticks: grid points)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=80)

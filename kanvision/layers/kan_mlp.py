@@ -1,7 +1,9 @@
-"""KanMlp: a drop-in for timm.layers.Mlp whose two linear maps are KAN layers.
+"""KanMlp: a drop-in for timm.layers.Mlp whose two linear maps are KAN layers of any registered kind.
 
 timm blocks build their channel MLP as `mlp_layer(in_features, hidden_features, act_layer=..., drop=...)`
-(MixerBlock positionally), so `mlp_layer=kan_mlp_layer("bspline")` swaps it with no fork of timm code.
+(MixerBlock positionally), so `mlp_layer=kan_mlp_layer(kind)` swaps it with no fork of timm code. A kind whose
+record names its own MLP (`Kind.mlp`, e.g. GR-KAN's rational -> Linear -> rational -> Linear in KAT's layout) gets
+that class instead.
 """
 from __future__ import annotations
 
@@ -13,28 +15,15 @@ from timm.layers import Mlp
 from timm.layers.helpers import to_2tuple
 from torch import nn
 
-from .bspline import BSplineKAN
-from .rswaf import RSWAFKAN
+from kanvision.kinds import NONE, available_kinds, get_kind, kan_layer_class, normalize_kan_kind
 
 __all__ = ["KAN_KINDS", "ChannelsFirst", "KanMlp", "kan_layer_class", "kan_mlp_layer", "normalize_kan_kind"]
 
-KAN_LAYERS: dict[str, type[nn.Module]] = {"bspline": BSplineKAN, "rswaf": RSWAFKAN}
-KAN_KINDS = ("none", "bspline", "rswaf")
 
-
-def normalize_kan_kind(kind: str | None) -> str:
-    """None / "none" / "bspline" / "rswaf" (any case) -> canonical name; anything else -> ValueError."""
-    name = "none" if kind is None else str(kind).strip().lower()
-    if name not in KAN_KINDS:
-        raise ValueError(f"unknown kan kind {kind!r}: choose one of {', '.join(map(repr, KAN_KINDS))} (or None)")
-    return name
-
-
-def kan_layer_class(kind: str) -> type[nn.Module]:
-    name = normalize_kan_kind(kind)
-    if name == "none":
-        raise ValueError("kan kind 'none' has no KAN layer: it means timm's own Mlp")
-    return KAN_LAYERS[name]
+def __getattr__(name: str):
+    if name == "KAN_KINDS":  # every registered kind, "none" first (computed: plug-ins register at run time)
+        return available_kinds()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ChannelsFirst(nn.Module):
@@ -51,9 +40,9 @@ class ChannelsFirst(nn.Module):
 class KanMlp(nn.Module):
     """in -> KAN -> (norm) -> KAN -> out, with dropout where timm's Mlp has it.
 
-    Accepts every keyword of `timm.layers.Mlp`. `act_layer` becomes the B-spline base activation unless
-    `base_activation` is given in the KAN keywords (RSWAF has no base branch and ignores it). `bias` is
-    accepted for compatibility and ignored: KAN layers have no bias (efficient-kan, Vision-KAN).
+    Accepts every keyword of `timm.layers.Mlp`. `act_layer` becomes the kind's activation keyword (B-spline: the
+    base branch) unless that keyword is given in the KAN keywords; kinds without one ignore it. `bias` is
+    accepted for compatibility and ignored: the KAN layers carry their own bias, or none, as published.
     `use_conv=True` takes channels-first (B, C, H, W) input, like timm's Mlp with 1x1 convolutions.
     """
 
@@ -74,19 +63,19 @@ class KanMlp(nn.Module):
         **kan_kwargs,
     ):
         super().__init__()
-        layer_cls = kan_layer_class(kind)
-        self.kind = normalize_kan_kind(kind)
+        record = get_kind(kind)
+        self.kind = record.name
         out_features = out_features or in_features
         hidden_features = hidden_features or in_features
         kw = dict(kan_kwargs, device=device, dtype=dtype)
-        if self.kind == "bspline" and act_layer is not None:
-            kw.setdefault("base_activation", act_layer)
+        if record.act_keyword and act_layer is not None:
+            kw.setdefault(record.act_keyword, act_layer)
         drop_probs = to_2tuple(drop)
 
-        self.fc1 = layer_cls(in_features, hidden_features, **kw)
+        self.fc1 = record.build(in_features, hidden_features, **kw)
         self.drop1 = nn.Dropout(drop_probs[0])
         self.norm = norm_layer(hidden_features, device=device, dtype=dtype) if norm_layer is not None else nn.Identity()
-        self.fc2 = layer_cls(hidden_features, out_features, **kw)
+        self.fc2 = record.build(hidden_features, out_features, **kw)
         self.drop2 = nn.Dropout(drop_probs[1])
         self.use_conv = use_conv
 
@@ -102,10 +91,14 @@ class KanMlp(nn.Module):
 
 
 def kan_mlp_layer(kind: str | None, **kan_kwargs) -> Callable[..., nn.Module]:
-    """The `mlp_layer` for timm blocks: timm's own Mlp for None/"none", else a KanMlp partial."""
+    """The `mlp_layer` for timm blocks: timm's own Mlp for None/"none", the kind's own MLP class where its record
+    names one, else a KanMlp partial."""
     name = normalize_kan_kind(kind)
-    if name == "none":
+    if name == NONE:
         if kan_kwargs:
             raise ValueError(f"kan kind 'none' takes no KAN keywords, got {sorted(kan_kwargs)}")
         return Mlp
+    record = get_kind(name)
+    if record.mlp is not None:
+        return partial(record.mlp, **{**dict(record.defaults), **kan_kwargs})
     return partial(KanMlp, kind=name, **kan_kwargs)

@@ -18,7 +18,7 @@ import math
 import torch
 from timm.layers import Mlp
 
-from .kan_init import STUDY_INITS, check_init, normal, study_draw, variance_preserving_std
+from kanvision.kinds.init import STUDY_INITS, check_init, normal, study_draw, variance_preserving_std
 
 __all__ = ["InitMlp"]
 

@@ -16,10 +16,10 @@ from timm.layers import Mlp
 from timm.models import build_model_with_cfg
 from torch import nn
 
-from ..layers import BSplineKAN, RSWAFKAN, kan_mlp_layer
-from ..layers.kan_init import check_init
-from ..layers.kan_mlp import normalize_kan_kind
-from ..layers.mlp_init import InitMlp
+from kanvision.kinds import NONE, get_kind, kind_names, kind_of_layer, normalize_kan_kind
+from kanvision.kinds.init import check_init
+from kanvision.layers import kan_mlp_layer
+from kanvision.layers.mlp_init import InitMlp
 
 __all__ = [
     "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD", "KanSpec", "build_kan_model",
@@ -31,7 +31,6 @@ __all__ = [
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 
-KAN_LAYER_TYPES = (BSplineKAN, RSWAFKAN)
 # kan_kwargs come from YAML/JSON, so activations may be named instead of passed as classes.
 _ACTIVATIONS = {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU, "identity": nn.Identity, "tanh": nn.Tanh}
 
@@ -62,10 +61,6 @@ def with_hidden(layer: Callable[..., nn.Module], hidden: int | None) -> Callable
     return build
 
 
-# Layer keywords that count something: the layers would truncate 3.7 to 3 without a word.
-INTEGER_KAN_KWARGS = frozenset({"grid_size", "spline_order", "num_grids"})
-
-
 def _whole(value, what: str) -> int:
     """value as an int when it is a whole number (3 or 3.0), else ValueError naming `what`."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
@@ -73,9 +68,31 @@ def _whole(value, what: str) -> int:
     return int(value)
 
 
+# Keywords the zoo itself passes to every layer (not the user's to set through kan_kwargs).
+_FACTORY_KEYWORDS = frozenset({"in_features", "out_features", "device", "dtype"})
+
+
+def _check_keywords(record, kwargs: Mapping[str, Any]) -> None:
+    """ValueError naming the kan_kwargs the kind's layer (and its MLP) does not take, with those it does."""
+    import inspect
+
+    accepted: set[str] = set()
+    for cls in (record.layer, record.mlp):
+        if cls is None:
+            continue
+        params = inspect.signature(cls).parameters.values()
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            return  # takes anything: the layer checks for itself
+        accepted |= {p.name for p in params}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ValueError(f"kan_kwargs: kind {record.name!r} takes no {', '.join(map(repr, unknown))}; its layer "
+                         f"takes {', '.join(sorted(accepted - _FACTORY_KEYWORDS))}")
+
+
 @dataclass(frozen=True)
 class KanSpec:
-    """What replaces a channel MLP: kind ("none" | "bspline" | "rswaf"), hidden width, layer keywords."""
+    """What replaces a channel MLP: kind ("none" or a registered kind), hidden width, layer keywords."""
 
     kind: str = "none"
     hidden: int | None = None
@@ -91,8 +108,10 @@ class KanSpec:
             raise ValueError(f"kan_kwargs must be a dict of KAN layer keywords, got {type(kan_kwargs).__name__}")
         if match_params is not None:
             target = normalize_kan_kind(match_params)
-            if target == "none":
-                raise ValueError("match_params names the KAN kind whose size the MLP should match: 'bspline' or 'rswaf'")
+            if target == NONE or not get_kind(target).match_params:
+                able = [k for k in kind_names() if get_kind(k).match_params]
+                raise ValueError(f"match_params={match_params!r}: name the KAN kind whose size the MLP should match, "
+                                 f"one of {', '.join(map(repr, able))}")
             if kind != "none":
                 raise ValueError(f"match_params={match_params!r} sizes an MLP baseline: use it with kan='none', "
                                  f"not kan={kind!r}")
@@ -100,16 +119,19 @@ class KanSpec:
         elif kind == "none" and (kan_hidden is not None or set(kan_kwargs or {}) - {"init"}):
             # init alone is allowed: the channel MLPs take the same named scheme (layers/mlp_init.py), so a
             # sweep's init axis covers KAN and MLP alike.
-            raise ValueError("kan_hidden / kan_kwargs configure KAN layers: set kan='bspline' or 'rswaf' "
-                             "(or match_params=... for a size-matched MLP; kan='none' accepts only "
-                             "kan_kwargs={'init': ...})")
+            raise ValueError("kan_hidden / kan_kwargs configure KAN layers: set kan= to a KAN kind "
+                             f"({', '.join(kind_names())}), or match_params=... for a size-matched MLP; kan='none' "
+                             "accepts only kan_kwargs={'init': ...}")
         kwargs = dict(kan_kwargs or {})
         if kind == "none" and "init" in kwargs:
             kwargs["init"] = check_init("kan='none' (channel MLP)", kwargs["init"])
-        for key in INTEGER_KAN_KWARGS & kwargs.keys():
-            kwargs[key] = _whole(kwargs[key], f"kan_kwargs {key}")
-        if "base_activation" in kwargs:
-            kwargs["base_activation"] = _activation(kwargs["base_activation"])
+        if kind != NONE:
+            record = get_kind(kind)
+            _check_keywords(record, kwargs)
+            for key in record.integer_kwargs & kwargs.keys():
+                kwargs[key] = _whole(kwargs[key], f"kan_kwargs {key}")
+            for key in record.activation_kwargs & kwargs.keys():
+                kwargs[key] = _activation(kwargs[key])
         return cls(kind, None if kan_hidden is None else int(kan_hidden), kwargs, match_params)
 
     @property
@@ -118,14 +140,17 @@ class KanSpec:
 
     def layer_kwargs(self) -> dict[str, Any]:
         kwargs = dict(self.kwargs)
-        if self.kind == "bspline":
-            # efficient-kan's SiLU base branch (what the papers ran), not the host block's GELU.
-            kwargs.setdefault("base_activation", nn.SiLU)
+        record = get_kind(self.kind)
+        if record.act_keyword and record.act_default is not None:
+            # The published activation (B-spline: efficient-kan's SiLU base branch), not the host block's GELU.
+            kwargs.setdefault(record.act_keyword, record.act_default)
         return kwargs
 
     def mlp_layer(self, default_hidden: int | None = None) -> Callable[..., nn.Module]:
         """The `mlp_layer` callable for a timm block (hidden width fixed unless neither is given)."""
-        hidden = self.hidden if self.hidden is not None else default_hidden
+        hidden = self.hidden
+        if hidden is None and not (self.is_kan and get_kind(self.kind).hidden == "mlp"):
+            hidden = default_hidden  # "mlp" kinds (GR-KAN) keep the host block's own MLP width
         if self.is_kan:
             layer = kan_mlp_layer(self.kind, **self.layer_kwargs())
         elif self.kwargs.get("init", "default") != "default":
@@ -136,8 +161,7 @@ class KanSpec:
 
     def single_layer(self, in_features: int, out_features: int, **factory) -> nn.Module:
         """One KAN layer (ConvMixer's pointwise conv is a single linear map, not an MLP)."""
-        from ..layers import kan_layer_class
-        return kan_layer_class(self.kind)(in_features, out_features, **self.layer_kwargs(), **factory)
+        return get_kind(self.kind).build(in_features, out_features, **self.layer_kwargs(), **factory)
 
     def resolve(self, count: Callable[["KanSpec"], int]) -> "KanSpec":
         """Turn match_params into an MLP hidden width; `count(spec)` is the model's trainable count."""
@@ -165,7 +189,8 @@ def count_on_meta(build: Callable[[], nn.Module]) -> int:
 
 
 def kan_modules(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if isinstance(m, KAN_LAYER_TYPES)]
+    """Every KAN layer of the model (a layer of a registered kind), in module order."""
+    return [m for m in model.modules() if kind_of_layer(m) is not None]
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
@@ -179,14 +204,14 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
 def reset_kan_layers(model: nn.Module) -> nn.Module:
     """Give KAN layers back their own init after the host model's init pass.
 
-    timm's ViT init puts trunc_normal(0.02) on every nn.Linear it finds, RSWAF's `spline_linear` included;
-    the papers' RSWAF layer is xavier-uniform, so RSWAF layers are re-initialised. B-spline layers are not:
-    their weights are plain Parameters of the layer itself, which timm's init passes (nn.Linear / Conv /
-    norm modules, `init_weights` hooks) do not visit, so their construction-time init stands and is not
-    fitted a second time (tests/test_grid_update.py checks that a built model keeps it).
+    timm's ViT init puts trunc_normal(0.02) on every nn.Linear it finds, e.g. RSWAF's `spline_linear`, whose
+    published init is xavier-uniform: kinds whose record says `reinit_after_host` are re-initialised. The others
+    keep their construction-time init: their weights are plain Parameters that timm's passes (nn.Linear / Conv /
+    norm modules, `init_weights` hooks) do not visit (B-spline: not fitted a second time), or the published model
+    itself gives its Linear layers timm's init (GR-KAN in KAT).
     """
     for module in kan_modules(model):
-        if not isinstance(module, BSplineKAN):
+        if kind_of_layer(module).reinit_after_host:
             module.reset_parameters()
     for module in model.modules():  # MLPs given an init= choice: timm's pass overwrote it too
         if isinstance(module, InitMlp):
@@ -227,7 +252,7 @@ def build_kan_model(cls, variant: str, pretrained: bool, spec: KanSpec, kwargs: 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Plain timm keys from a Lightning checkpoint, DDP or torch.compile wrapped state dict (for timm loading)."""
-    from ..checkpoints import strip_prefixes
+    from kanvision.hub.checkpoints import strip_prefixes
 
     if "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
         state_dict = state_dict["state_dict"]

@@ -1,7 +1,7 @@
 """ConvMixer for 32x32 inputs (kernel 5, patch 2) with a KAN channel mixer: timm's ConvMixer.
 
 A ConvMixer block is  x + BN(act(depthwise_conv(x)))  ->  pointwise 1x1 conv  ->  act -> BN.
-With kan="bspline"|"rswaf" the pointwise 1x1 conv (dim -> dim, with bias) is what is replaced:
+With kan=<a KAN kind> (kanvision.kinds) the pointwise 1x1 conv (dim -> dim, with bias) is what is replaced:
 - kan_hidden=None (default): by ONE KAN layer dim -> dim applied to the channel vector of every pixel
   (a 1x1 conv is one linear map, so one KAN layer is its counterpart);
 - kan_hidden=H: by a two-layer KanMlp dim -> H -> dim at every pixel.
@@ -16,9 +16,9 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models.convmixer import ConvMixer
 from torch import nn
 
-from ..layers import ChannelsFirst
-from ..pretrained import apply_tag, tag_cfgs, untagged_default
-from ._factory import KanSpec, build_kan_model, cifar_cfg
+from kanvision.layers import ChannelsFirst
+from kanvision.hub.pretrained import apply_tag, tag_cfgs, untagged_default
+from kanvision.models._factory import KanSpec, build_kan_model, cifar_cfg
 
 POINTWISE = 1  # index of the 1x1 conv inside each timm ConvMixer block (nn.Sequential)
 
@@ -53,7 +53,7 @@ def _build_kan_convmixer(variant, pretrained=False, kan=None, kan_hidden=None, k
             and spec.kwargs.get("init", "default") != "default":
         raise ValueError(f"{variant}: kan='none' with kan_kwargs init={spec.kwargs['init']!r}: ConvMixer's "
                          "channel mixer is one 1x1 conv, not an MLP, so there is nothing to apply it to; use "
-                         "kan='bspline'/'rswaf', or match_params=... for an MLP mixer")
+                         "kan=<a KAN kind>, or match_params=... for an MLP mixer")
     if drop_path_rate:
         raise ValueError(f"{variant}: drop_path_rate={drop_path_rate} has nothing to act on: ConvMixer has no "
                          "residual around its channel mixer (timm's ConvMixer has no stochastic depth); use 0")
@@ -65,7 +65,7 @@ default_cfgs = untagged_default(generate_default_cfgs({
     "kan_convmixer_256_8": _CFG,
     "kan_convmixer_512_16": _CFG,
     "kan_convmixer_128_8_p4": _CFG,
-    **tag_cfgs("kan_convmixer_128_8_p4", _CFG),  # shipped weights: checkpoints/, see kanvision.pretrained
+    **tag_cfgs("kan_convmixer_128_8_p4", _CFG),  # shipped weights: checkpoints/, see kanvision.hub.pretrained
 }))
 
 

@@ -1,6 +1,6 @@
 """DeiT (timm's VisionTransformer, class token, no distillation token) with KAN channel MLPs.
 
-With kan="bspline"|"rswaf" every block's MLP (dim -> 4 dim -> dim) becomes a KanMlp dim -> kan_hidden ->
+With kan=<a KAN kind> (kanvision.kinds) every block's MLP (dim -> 4 dim -> dim) becomes a KanMlp dim -> kan_hidden ->
 dim through VisionTransformer's `mlp_layer` hook; kan_hidden defaults to dim (DeiT-KAN used 192 at every
 size: pass kan_hidden=192). Attention, norms, drop-path and the head are timm's.
 Two resolutions: patch 4 on 32x32 (CIFAR as is) and patch 16 on 224x224 (CIFAR upsampled, the paper's
@@ -12,7 +12,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer
 from timm.models.vision_transformer import checkpoint_filter_fn as vit_filter_fn
 
-from ._factory import KanSpec, build_kan_model, checkpoint_filter_fn, cifar_cfg
+from kanvision.models._factory import KanSpec, build_kan_model, checkpoint_filter_fn, cifar_cfg
 
 WIDTHS = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}  # embed dim, heads (DeiT)
 

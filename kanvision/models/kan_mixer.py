@@ -1,6 +1,6 @@
 """MLP-Mixer for 32x32 inputs (patch 4, 64 tokens) with KAN channel MLPs: timm's MlpMixer and MixerBlock.
 
-With kan="bspline"|"rswaf" each block's channel MLP (dim -> 4 dim -> dim in timm) becomes a KanMlp
+With kan=<a KAN kind> (kanvision.kinds) each block's channel MLP (dim -> 4 dim -> dim in timm) becomes a KanMlp
 dim -> kan_hidden -> dim (kan_hidden defaults to dim). Token-mixing MLPs stay timm's unless
 kan_token_mixing=True; they then become KanMlp seq_len -> tokens_dim -> seq_len, keeping timm's
 token width (mlp_ratio[0] * dim), since kan_hidden names the channel MLP's width.
@@ -13,8 +13,8 @@ from timm.layers import Mlp
 from timm.models import generate_default_cfgs, register_model
 from timm.models.mlp_mixer import MixerBlock, MlpMixer
 
-from ..pretrained import apply_tag, tag_cfgs, untagged_default
-from ._factory import KanSpec, build_kan_model, cifar_cfg
+from kanvision.hub.pretrained import apply_tag, tag_cfgs, untagged_default
+from kanvision.models._factory import KanSpec, build_kan_model, cifar_cfg
 
 __all__ = ["kan_mixer_block"]
 
@@ -50,7 +50,7 @@ def _build_kan_mixer(variant, pretrained=False, kan=None, kan_hidden=None, kan_k
                      kan_token_mixing=False, match_params=None, **kwargs) -> MlpMixer:
     spec = KanSpec.from_args(kan, kan_hidden, kan_kwargs, match_params)
     if kan_token_mixing and not (spec.is_kan or spec.match_params):
-        raise ValueError("kan_token_mixing=True needs kan='bspline' or 'rswaf'")
+        raise ValueError("kan_token_mixing=True needs kan= set to a KAN kind (kanvision kinds lists them)")
     if kwargs.get("block_layer") or kwargs.get("mlp_layer"):
         raise ValueError("kan_mixer models build their own block_layer/mlp_layer from kan=...; do not pass them")
     embed_dim = kwargs["embed_dim"]
@@ -63,7 +63,7 @@ def _build_kan_mixer(variant, pretrained=False, kan=None, kan_hidden=None, kan_k
 _TINY = cifar_cfg(first_conv="stem.proj", classifier="head", fixed_input_size=True)
 default_cfgs = untagged_default(generate_default_cfgs({
     "kan_mixer_tiny_p4_32": _TINY,
-    **tag_cfgs("kan_mixer_tiny_p4_32", _TINY),  # shipped weights: checkpoints/, see kanvision.pretrained
+    **tag_cfgs("kan_mixer_tiny_p4_32", _TINY),  # shipped weights: checkpoints/, see kanvision.hub.pretrained
     "kan_mixer_small_p4_32": cifar_cfg(first_conv="stem.proj", classifier="head", fixed_input_size=True),
     "kan_mixer_base_p4_32": cifar_cfg(first_conv="stem.proj", classifier="head", fixed_input_size=True),
 }))

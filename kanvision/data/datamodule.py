@@ -1,0 +1,421 @@
+"""ImageDataModule: CIFAR-10/100 (torchvision), image folders, and synthetic images for tests.
+
+`batch_size` is the global batch: each of N devices gets batch_size / N, so a config means the same run
+on one CPU or eight GPUs. `num_classes`, `class_names`, `mean` and `std` are known before `setup` (the CLI
+links num_classes into the model), except an image folder's mean/std, measured in `setup` when not given.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from kanvision.models._factory import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
+from kanvision.train.resume import SeededAugment, SeededSampler
+from kanvision.data.synthetic import SyntheticImages
+
+__all__ = ["DataError", "ImageDataModule", "SyntheticImages"]
+
+DATASETS = ("cifar10", "cifar100", "imagefolder", "synthetic")
+AUGMENTS = ("cifar", "deit", "none")
+CIFAR = {  # torchvision class, folder it unpacks to, archive, stats
+    "cifar10": ("CIFAR10", "cifar-10-batches-py", "cifar-10-python.tar.gz", CIFAR10_MEAN, CIFAR10_STD),
+    "cifar100": ("CIFAR100", "cifar-100-python", "cifar-100-python.tar.gz", CIFAR100_MEAN, CIFAR100_STD),
+}
+IMAGE_FOLDER_SPLITS = {"train": ("train",), "test": ("test", "val")}
+
+
+class DataError(RuntimeError):
+    """The requested data is not there (or not usable); the message says where we looked and what to do."""
+
+
+def unreadable_reason(path: str) -> str | None:
+    """Why an image file cannot be used (empty, not an image, truncated), or None; fast: no full decode
+    unless a JPEG does not end with its end-of-image marker."""
+    from PIL import Image
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file"
+        with Image.open(path) as img:
+            if img.format == "JPEG":
+                with open(path, "rb") as f:
+                    f.seek(-2, os.SEEK_END)
+                    if f.read(2) != b"\xff\xd9":
+                        img.load()  # bytes after the end marker are legal: only a decode tells truncation
+            else:
+                img.verify()  # PNG: chunk checksums; other formats: the header
+    except Exception as e:  # PIL raises many types (OSError, SyntaxError, struct.error...) for bad files
+        return f"{type(e).__name__}: {str(e)[:80]}" if str(e) else type(e).__name__
+    return None
+
+
+class ImageDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        dataset: str = "cifar10",
+        root: str = "data",
+        download: bool = True,
+        batch_size: int = 128,
+        num_workers: int = 2,
+        img_size: int = 32,
+        augment: str = "cifar",
+        val_split: int | float | None = None,
+        train_subset: int | None = None,
+        test_subset: int | None = None,
+        train_eval_size: int = 2000,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        synthetic_size: int = 512,
+        synthetic_classes: int = 10,
+        seed: int = 0,
+    ):
+        """
+        Args:
+            dataset: cifar10 | cifar100 | imagefolder (root/train/<class>/*, root/test/<class>/* or val/) | synthetic.
+            root: where the data is (CIFAR: the folder holding cifar-10-batches-py or its archive).
+            download: CIFAR only: download into root when absent (done once, in prepare_data).
+            batch_size: global batch, split evenly across devices.
+            img_size: images are resized to img_size x img_size (224 for the patch16_224 models).
+            augment: cifar (random crop, padding img_size/8, + flip) | deit (timm: RandAugment, random erasing) | none.
+            val_split: training images held out (seeded by `seed`) for validation and model selection: a count
+                (5000) or a fraction (0.1). Default: 5,000 for CIFAR, 0.1 for image folders, none for synthetic
+                (test data). 0 validates on the test split, which then also picks the "best" checkpoint.
+            train_subset / test_subset: use a seeded random subset of this many images (quick runs).
+            train_eval_size: at every validation also score this many training images (a seeded subset of the
+                images trained on, fixed for the run) with the evaluation transform, no augmentation, logged as
+                `train_eval/acc1`: the train-vs-validation gap measured, not read off augmented (or mixed)
+                batches. A second validation loader; 0 disables it. Capped at the training set's size.
+            mean / std: normalisation; default: the dataset's (measured on up to 2,000 images for imagefolder).
+            synthetic_size / synthetic_classes: size of the synthetic train split (test: a quarter) and classes.
+        """
+        super().__init__()
+        if dataset not in DATASETS:
+            raise DataError(f"unknown dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
+        if augment not in AUGMENTS:
+            raise DataError(f"unknown augment {augment!r}: choose one of {', '.join(AUGMENTS)}")
+        if train_eval_size < 0:
+            raise DataError(f"train_eval_size must be a count of training images (0 disables), got {train_eval_size}")
+        # A count that went through a float on its way (on an H200 machine's Python 3.12, a YAML
+        # `val_split: 1000` reached here as 1000.0 through `int | float`) is still a count, not a fraction.
+        whole_count = isinstance(val_split, float) and val_split >= 1 and val_split.is_integer()
+        if whole_count:
+            val_split = int(val_split)
+        if val_split is not None and (val_split < 0 or (isinstance(val_split, float) and val_split >= 1)):
+            raise DataError(f"val_split must be a count of images (e.g. 5000) or a fraction in [0, 1) (e.g. 0.1), "
+                            f"got {val_split}")
+        self.save_hyperparameters()
+        if whole_count:
+            self.hparams.val_split = val_split
+        self.dataset, self.root = dataset, Path(root).expanduser()
+        self._mean, self._std = mean, std
+        self._warned_absent: set[Path] = set()
+        self._unreadable: dict[Path, dict[str, str]] = {}
+        self.train_set = self.val_set = self.test_set = None
+        self.train_eval_set = None  # un-augmented training images scored at each validation (train_eval_size)
+        self._resume_at: dict | None = None  # from a checkpoint: where the interrupted epoch stopped
+        self._sampler: SeededSampler | None = None
+
+    # ---------------------------------------------------------------- what the model needs up front
+    @property
+    def class_names(self) -> list[str]:
+        if self.dataset == "cifar10":
+            return ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+        if self.dataset == "synthetic":
+            return [f"class_{i}" for i in range(self.hparams.synthetic_classes)]
+        if self.dataset == "cifar100":
+            return self._cifar("test").classes if self._cifar_present() else [str(i) for i in range(100)]
+        return sorted(p.name for p in self._folder("train").iterdir() if p.is_dir())
+
+    @property
+    def num_classes(self) -> int:
+        return {"cifar10": 10, "cifar100": 100}.get(self.dataset) or len(self.class_names)
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        if self._mean is None:
+            self._mean, self._std = self._default_stats()
+        return tuple(float(v) for v in self._mean)
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        self.mean  # noqa: B018  (fills both)
+        return tuple(float(v) for v in self._std)
+
+    def _default_stats(self):
+        if self.dataset in CIFAR:
+            return CIFAR[self.dataset][3:]
+        if self.dataset == "synthetic":
+            return (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+        return self._measure_folder_stats()
+
+    def _image_folder(self, split: str, transform):
+        from torchvision import datasets
+        folder = self._folder(split)
+        classes = self.class_names
+        # Every split is labelled by the training classes: indexing a split by its own folders would score a
+        # test class the model never saw as some other class, and a missing folder would shift every label.
+        class_to_idx = {c: i for i, c in enumerate(classes)}
+        if split != "train":
+            here = sorted(p.name for p in folder.iterdir() if p.is_dir())
+            unknown = [c for c in here if c not in class_to_idx]
+            if unknown:
+                raise DataError(f"imagefolder {folder}: class folder(s) {', '.join(unknown)} are not training classes "
+                                f"(train has {', '.join(classes)}); the model cannot predict them: remove them "
+                                f"from {folder} or add them to {self._folder('train')}")
+            absent = [c for c in classes if c not in here]
+            if absent and folder not in self._warned_absent:
+                self._warned_absent.add(folder)
+                from lightning.pytorch.utilities import rank_zero_warn
+                rank_zero_warn(f"imagefolder {folder}: no folder for training class(es) {', '.join(absent)}: "
+                               f"this split is scored on the other {len(classes) - len(absent)} classes only")
+            class_to_idx = {c: i for c, i in class_to_idx.items() if c in here}
+
+        class TrainIndexed(datasets.ImageFolder):
+            def find_classes(self, directory):
+                return list(classes), dict(class_to_idx)
+
+        try:
+            ds = TrainIndexed(str(folder), transform)
+        except FileNotFoundError as e:  # a class folder without images, or no class folders at all
+            raise DataError(f"imagefolder {folder}: {e}") from None
+        bad = self._unreadable_files(folder, [p for p, _ in ds.samples])
+        if bad:
+            ds.samples = [(p, t) for p, t in ds.samples if p not in bad]
+            ds.imgs, ds.targets = ds.samples, [t for _, t in ds.samples]
+            if not ds.samples:
+                raise DataError(f"imagefolder {folder}: none of its {len(bad)} image files is readable "
+                                f"(e.g. {next(iter(bad))}: {next(iter(bad.values()))})")
+        return ds
+
+    def _unreadable_files(self, folder: Path, paths: list[str]) -> dict[str, str]:
+        """Checked once per folder before training: a bad file found by a worker mid-epoch would end the run
+        with a traceback that does not name it, and lose the epoch. Bad files are skipped, with one warning."""
+        if folder not in self._unreadable:
+            bad = {p: why for p in paths if (why := unreadable_reason(p)) is not None}
+            self._unreadable[folder] = bad
+            if bad:
+                from lightning.pytorch.utilities import rank_zero_warn
+                listed = [f"{os.path.relpath(p, folder)} ({why})" for p, why in list(bad.items())[:10]]
+                more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+                rank_zero_warn(f"imagefolder {folder}: skipping {len(bad)} unreadable image file(s) of "
+                               f"{len(paths)}: {', '.join(listed)}{more}")
+        return self._unreadable[folder]
+
+    def _measure_folder_stats(self, limit: int = 2000):
+        from torchvision import transforms
+        ds = self._image_folder("train", transforms.Compose(
+            [transforms.Resize((self.hparams.img_size, self.hparams.img_size)), transforms.ToTensor()]))
+        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(self.hparams.seed))[:limit]
+        x = torch.stack([ds[i][0] for i in idx.tolist()])
+        return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).tolist()
+
+    # ------------------------------------------------------------------------------- locating data
+    def _folder(self, split: str) -> Path:
+        for name in IMAGE_FOLDER_SPLITS[split]:
+            if (self.root / name).is_dir():
+                return self.root / name
+        looked = " or ".join(str(self.root / n) for n in IMAGE_FOLDER_SPLITS[split])
+        raise DataError(f"imagefolder: no {split} images at {looked}. Expected {self.root}/train/<class>/*.jpg and "
+                        f"{self.root}/test/<class>/*.jpg (or val/); point --data.root at that directory.")
+
+    def _cifar_present(self) -> bool:
+        return (self.root / CIFAR[self.dataset][1]).is_dir()
+
+    def _cifar(self, split: str, transform=None):
+        from torchvision import datasets
+        cls = getattr(datasets, CIFAR[self.dataset][0])
+        return cls(str(self.root), train=split == "train", transform=transform, download=False)
+
+    def _missing_cifar(self, reason: str) -> DataError:
+        name, folder, archive = self.dataset.upper().replace("CIFAR", "CIFAR-"), *CIFAR[self.dataset][1:3]
+        return DataError(
+            f"{name} not found: looked for {self.root / folder} (or {self.root / archive}) and {reason}. "
+            f"Either point --data.root at a directory that holds {folder}, or train on image files with "
+            f"--data.dataset imagefolder --data.root DIR (DIR/train/<class>/*, DIR/test/<class>/*).")
+
+    def prepare_data(self) -> None:
+        if self.dataset not in CIFAR or self._cifar_present():
+            return
+        if not self.hparams.download:
+            raise self._missing_cifar("download is off (--data.download false)")
+        from torchvision import datasets
+        cls = getattr(datasets, CIFAR[self.dataset][0])
+        created = [p for p in (self.root, *self.root.parents) if not p.exists()]  # deepest first
+        try:
+            for train in (True, False):
+                cls(str(self.root), train=train, download=True)
+        except Exception as e:  # no network, proxy, disk: all mean the same to the user
+            # A failed download left an empty ./data (or a partial archive) behind: remove what it created.
+            if created:
+                (self.root / CIFAR[self.dataset][2]).unlink(missing_ok=True)
+                for d in created:
+                    try:
+                        d.rmdir()
+                    except OSError:  # not empty (or not ours after all): keep it
+                        break
+            raise self._missing_cifar(f"the download failed ({type(e).__name__}: {str(e)[:120]})") from None
+
+    # ------------------------------------------------------------------------------------ datasets
+    def _transforms(self, train: bool):
+        from torchvision import transforms as T
+        size, aug = self.hparams.img_size, self.hparams.augment if train else "none"
+        tensor_input = self.dataset == "synthetic"
+        if aug == "deit":
+            from timm.data import create_transform
+            tf = create_transform(size, is_training=True, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25,
+                                  interpolation="bicubic", mean=self.mean, std=self.std)
+            return T.Compose([T.ToPILImage(), tf]) if tensor_input else tf
+        steps = [T.Resize((size, size), antialias=True)]
+        if aug == "cifar":
+            steps += [T.RandomCrop(size, padding=max(1, size // 8)), T.RandomHorizontalFlip()]
+        if not tensor_input:
+            steps.append(T.ToTensor())
+        steps.append(T.Normalize(self.mean, self.std))
+        return T.Compose(steps)
+
+    def _make(self, split: str, train_transform: bool):
+        tf = self._transforms(train_transform)
+        if self.dataset == "synthetic":
+            n = self.hparams.synthetic_size if split == "train" else max(8, self.hparams.synthetic_size // 4)
+            return SyntheticImages(n, self.hparams.synthetic_classes, self.hparams.img_size, self.hparams.seed,
+                                   split_seed=0 if split == "train" else 1, transform=tf)
+        if self.dataset in CIFAR:
+            if not self._cifar_present():
+                raise self._missing_cifar("prepare_data did not run or could not fetch it")
+            try:
+                return self._cifar(split, tf)
+            except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
+                raise self._missing_cifar(f"the copy there is unusable ({e})") from None
+        return self._image_folder(split, tf)
+
+    def _subset(self, ds, n: int | None, salt: int):
+        if n is None or n >= len(ds):
+            return ds
+        g = torch.Generator().manual_seed(self.hparams.seed + salt)
+        return Subset(ds, torch.randperm(len(ds), generator=g)[:n].tolist())
+
+    @property
+    def val_count(self) -> int | float:
+        """The hold-out actually used: `val_split`, or the dataset's default when it is None."""
+        if self.hparams.val_split is not None:
+            return self.hparams.val_split
+        return {"cifar10": 5000, "cifar100": 5000, "synthetic": 0}.get(self.dataset, 0.1)
+
+    def has_test_split(self) -> bool:
+        """Whether a test split exists, without loading it (an image folder may have only train/)."""
+        if self.dataset == "imagefolder":
+            return any((self.root / n).is_dir() for n in IMAGE_FOLDER_SPLITS["test"])
+        return True
+
+    def setup(self, stage: str | None = None) -> None:
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if self.hparams.batch_size % world:
+            raise DataError(f"batch_size {self.hparams.batch_size} is the global batch and must divide evenly over "
+                            f"{world} devices: use a multiple of {world}")
+        self.per_device_batch = self.hparams.batch_size // world
+        self.mean  # noqa: B018  measured once here for image folders, before workers start
+        held_out = self.val_count
+        if stage in (None, "fit", "validate") and self.train_set is None:
+            train = self._subset(self._make("train", True), self.hparams.train_subset, 1)
+            if held_out > 0:
+                n_val = held_out if isinstance(held_out, int) else max(1, math.floor(len(train) * held_out))
+                if n_val >= len(train):
+                    raise DataError(f"val_split {held_out} holds out {n_val} of only {len(train)} training images: "
+                                    "give a smaller count or fraction (--data.val_split)")
+                perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.hparams.seed)).tolist()
+                # Same images, evaluation transforms for the held-out part.
+                val_full = self._unaugmented_train()
+                self.train_set, self.val_set = Subset(train, perm[n_val:]), Subset(val_full, perm[:n_val])
+                self.train_eval_set = self._train_eval(val_full, perm[n_val:])
+            else:
+                self.train_set = train
+                self.train_eval_set = self._train_eval(None, list(range(len(train))))
+        # The test split is only read when asked for (or when it doubles as validation): fitting with a
+        # hold-out needs no test/ folder.
+        if self.test_set is None and (stage in (None, "test", "predict") or held_out == 0):
+            self.test_set = self._subset(self._make("test", False), self.hparams.test_subset, 2)
+        if self.val_set is None:
+            self.val_set = self.test_set
+
+    def _unaugmented_train(self):
+        """The training split (same subset, same order) with evaluation transforms."""
+        return self._subset(self._make("train", False), self.hparams.train_subset, 1)
+
+    def _train_eval(self, eval_images, trained: list[int]):
+        """A seeded subset of the trained images (indices `trained` into the training split) with evaluation
+        transforms: `eval_images` is that split built without augmentation (None: build it)."""
+        n = min(self.hparams.train_eval_size, len(trained))
+        if n == 0:
+            return None
+        if eval_images is None:
+            eval_images = self._unaugmented_train()
+        # Its own salt (3): not the hold-out's permutation, whose head is the validation images.
+        pick = torch.randperm(len(trained), generator=torch.Generator().manual_seed(self.hparams.seed + 3))[:n]
+        return Subset(eval_images, sorted(trained[i] for i in pick.tolist()))
+
+    # ------------------------------------------------------------------- resuming part-way through an epoch
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint (Lightning): the epoch being trained and how many of its batches are done.
+        Only counted trained batches: the loader's own position runs ahead by what it has prefetched."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return {}
+        # The sampler's epoch: Lightning's epoch counter moves on before on_train_epoch_end, batch counts later.
+        epoch = self._sampler.epoch if self._sampler is not None else trainer.fit_loop.epoch_progress.current.processed
+        return {"epoch": epoch, "batches": trainer.fit_loop.epoch_loop.batch_progress.current.processed,
+                "per_device_batch": self.per_device_batch, "world_size": trainer.world_size}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resume_at = dict(state_dict) or None
+
+    def _train_sampler(self) -> SeededSampler:
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = self._sampler = SeededSampler(len(self.train_set), self.hparams.seed, num_replicas=world, rank=rank)
+        at, self._resume_at = self._resume_at, None
+        if at:
+            done = at["batches"] * at["per_device_batch"] * at["world_size"]  # training images of the epoch
+            if done >= len(sampler) // self.per_device_batch * self.per_device_batch * world:  # an epoch-end save
+                sampler.epoch = at["epoch"] + 1
+            else:
+                sampler.epoch, sampler.skip = at["epoch"], done // world
+            if (at["per_device_batch"], at["world_size"]) != (self.per_device_batch, world):
+                from lightning.pytorch.utilities import rank_zero_warn
+                rank_zero_warn(f"resuming with {world} device(s) x batch {self.per_device_batch}, the checkpoint "
+                               f"was {at['world_size']} x {at['per_device_batch']}: epoch {at['epoch']} goes on from the same "
+                               "count of images, but not with an uninterrupted run's sample order")
+        return sampler
+
+    def _loader(self, ds, sampler=None) -> DataLoader:
+        workers = self.hparams.num_workers
+        # Its own generator: an iterator's worker seed would otherwise come from the global generator, which
+        # dropout and mixup use, at points that differ between an uninterrupted and a resumed run.
+        return DataLoader(ds, batch_size=self.per_device_batch, num_workers=workers, drop_last=sampler is not None,
+                          sampler=sampler, generator=torch.Generator().manual_seed(self.hparams.seed),
+                          persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(SeededAugment(self.train_set), self._train_sampler())
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The validation loader, then (train_eval_size > 0) the un-augmented training images' loader: Lightning
+        runs them one after the other (dataloader_idx 0 and 1); ImageClassifier logs the second as train_eval/*.
+        Neither has a sampler here, so under DDP Lightning shards both alike (DistributedSampler)."""
+        if self.train_eval_set is None:
+            return self._loader(self.val_set)
+        return [self._loader(self.val_set), self._loader(self.train_eval_set)]
+
+    def test_dataloader(self) -> DataLoader:
+        if self.test_set is None:
+            self.setup("test")
+        return self._loader(self.test_set)
+
+    def describe(self) -> dict:
+        """The data facts a checkpoint carries (checkpoints.py's "kanvision" record)."""
+        return dict(dataset=self.dataset, class_names=self.class_names, mean=list(self.mean), std=list(self.std),
+                    img_size=self.hparams.img_size)

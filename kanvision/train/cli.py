@@ -1,0 +1,355 @@
+"""`kanvision fit | validate | test`: LightningCLI with kanvision's checks (checkpoint and pretrained options that
+contradict each other, input size, class counts), run directories and loggers."""
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+
+RUNS_DIR = "runs"
+
+
+def _cli_class():
+    # Built lazily: importing Lightning costs seconds that the tools above should not pay.
+    from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
+    from lightning.pytorch.cli import LightningCLI
+
+    from kanvision.train.runs import RunStatus
+
+    class KanvisionCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser):
+            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            parser.set_defaults({"checkpoint.monitor": "val/acc1", "checkpoint.mode": "max",
+                                 "checkpoint.save_last": False, "checkpoint.auto_insert_metric_name": False,
+                                 "checkpoint.filename": "epoch{epoch:03d}-top1_{val/acc1:.4f}"})
+            parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+            parser.add_argument("--name", default="kanvision",
+                                help="run name: logs and checkpoints go to <default_root_dir or runs>/<name>/version_N")
+            parser.add_argument("--test_after_fit", type=bool, default=True,
+                                help="fit only: evaluate the test split once, on the best checkpoint (chosen on "
+                                     "validation), after training")
+            parser.add_argument("--pretrained", type=Optional[str], default=None,
+                                help="validate/test only: start from shipped weights, a pretrained tag such as "
+                                     "kan_mixer_tiny_p4_32.cifar10_bspline (or an export directory); the model "
+                                     "options come from it, as with --ckpt_path")
+
+        def _parse_ckpt_path(self):
+            # Lightning replaces the model's config with the checkpoint's hyper-parameters, so a flag such as
+            # --model.kan rswaf would be dropped without a word and the checkpoint's model run instead.
+            sub = self.config.get("subcommand")
+            before = self.config[sub].get("model") if sub else None
+            before = before.clone() if before is not None else None
+            super()._parse_ckpt_path()
+            if before is not None:
+                check_ckpt_contradictions(before, self.config[sub]["model"], self.config[sub].get("ckpt_path"))
+            self._pretrained = None
+            if sub and self.config[sub].get("pretrained"):
+                # As Lightning does for --ckpt_path: the weights' own model options replace the config's.
+                self._pretrained = read_pretrained(sub, self.config[sub])
+                _, config, source = self._pretrained
+                # The weights' normalization unless the data config sets one: an image folder's own would be
+                # measured on a sample, a little off the statistics the weights were trained with.
+                data = self.config[sub].get("data")
+                stats = {k: list(config["pretrained_cfg"][k]) for k in ("mean", "std")
+                         if data is not None and data.get(k) is None and config["pretrained_cfg"].get(k)}
+                self.config = self.parser.parse_object(
+                    {sub: {"model": pretrained_hparams(config), "data": stats}}, self.config)
+                check_ckpt_contradictions(before, self.config[sub]["model"], source, flag="--pretrained")
+
+        def after_instantiate_classes(self):
+            # Found here, before any step: these would otherwise surface as tracebacks from deep inside the
+            # first forward (patch size assertion) or the checkpoint load (size mismatch for model.head).
+            sub = self.config.get("subcommand")
+            check_input_size(self.model, self.datamodule)
+            if sub and self.config[sub].get("ckpt_path"):
+                check_ckpt_classes(self.config[sub]["ckpt_path"], self.datamodule)
+            if getattr(self, "_pretrained", None):
+                load_pretrained_into(self.model, self.datamodule, *self._pretrained)
+
+        def instantiate_trainer(self, **kwargs):
+            # Rich progress bar by default, unless the config turns bars off or brings its own.
+            cfg = self._get(self.config_init, "trainer", default={})
+            callbacks = list(cfg.get("callbacks") or [])
+            if cfg.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+                callbacks.append(RichProgressBar())
+            callbacks.append(RunStatus())
+            kwargs.setdefault("callbacks", callbacks)
+            if cfg.get("logger") in (None, True):
+                sub = self.config.get("subcommand")
+                ckpt = self.config[sub].get("ckpt_path") if sub == "fit" else None
+                kwargs.setdefault("logger", default_loggers(cfg.get("default_root_dir") or RUNS_DIR,
+                                                            self._get(self.config, "name") or "kanvision", ckpt))
+            trainer = super().instantiate_trainer(**kwargs)
+            if cfg.get("enable_checkpointing") is not False:
+                # Resumable runs: the monitored callback ("checkpoint.*") keeps the best; this one keeps the
+                # newest epoch, with last.ckpt linked to it (ModelCheckpoint only refreshes last.ckpt when it
+                # saves, i.e. when the monitored metric improved). Appended last so it saves after the
+                # monitored one: last.ckpt then records this epoch's best path, which export reads.
+                trainer.callbacks.append(ModelCheckpoint(filename="latest-epoch{epoch:03d}", monitor=None,
+                                                         save_top_k=1, save_last="link",
+                                                         auto_insert_metric_name=False))
+            return trainer
+
+        def after_fit(self):
+            self._report("val")
+            if self._get(self.config, "test_after_fit") and not self.trainer.fast_dev_run:
+                self._test_chosen()
+
+        def _best_checkpoint(self) -> str:
+            """The monitored ModelCheckpoint's best file ("" if none): not the newest-epoch callback's, whose
+            "best" is just its latest file."""
+            monitored = [c for c in self.trainer.checkpoint_callbacks if getattr(c, "monitor", None)]
+            return monitored[0].best_model_path if monitored else ""
+
+        def _test_chosen(self):
+            """The test split, once, on the checkpoint validation chose (the last weights if none was saved)."""
+            if not getattr(self.datamodule, "has_test_split", lambda: True)():
+                print(f"no test split under {getattr(self.datamodule, 'root', '?')}: the test set was not evaluated")
+                return
+            best = self._best_checkpoint()
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False)
+            self._report("test")
+            m = self.trainer.callback_metrics
+            if self.trainer.is_global_zero and self.trainer.loggers and "test/acc1" in m:
+                from kanvision.train.runs import read_status, write_status
+                run_dir = self.trainer.loggers[0].log_dir
+                status = read_status(run_dir) or {}
+                status["test"] = {"acc1": float(m["test/acc1"]), "acc5": float(m["test/acc5"]),
+                                  "checkpoint": best or "last weights (no checkpoint saved)"}
+                write_status(run_dir, **status)
+
+        def after_test(self):
+            self._report("test")
+
+        def after_validate(self):
+            self._report("val")
+
+        def _report(self, stage):
+            m = self.trainer.callback_metrics
+            log_dir = self.trainer.log_dir  # a collective under DDP (broadcast): every rank must ask
+            if f"{stage}/acc1" in m and self.trainer.is_global_zero:
+                ckpt = self._best_checkpoint() or "-"
+                print(f"{stage}: top-1 {float(m[f'{stage}/acc1']):.4f}  top-5 {float(m[f'{stage}/acc5']):.4f}  "
+                      f"(log dir {log_dir}; best checkpoint {ckpt})")
+                if stage == "val" and "train_eval/acc1" in m:  # the data module's un-augmented training images
+                    train = float(m["train_eval/acc1"])
+                    print(f"train_eval: top-1 {train:.4f}  top-5 {float(m['train_eval/acc5']):.4f}  "
+                          f"(training images, no augmentation; gap to val top-1 {train - float(m['val/acc1']):+.4f})")
+
+    return KanvisionCLI
+
+
+def _plain(value):
+    return value.as_dict() if hasattr(value, "as_dict") else value
+
+
+def check_ckpt_contradictions(given, from_ckpt, ckpt_path, flag: str = "--ckpt_path") -> None:
+    """ConfigError when a model option set by a flag or config (not its default) differs from the checkpoint's."""
+    import inspect
+
+    from kanvision.train.module import ConfigError, ImageClassifier
+
+    defaults = {name: p.default for name, p in inspect.signature(ImageClassifier.__init__).parameters.items()}
+    problems = []
+    for key, ckpt_value in _plain(from_ckpt).items():
+        if key not in defaults or key == "num_classes":  # num_classes comes from the data (checked on load)
+            continue
+        value = _plain(given.get(key, defaults[key]))
+        if value != defaults[key] and value != _plain(ckpt_value):
+            problems.append(f"--model.{key} {value!r} but the checkpoint has {key}={_plain(ckpt_value)!r}")
+    if problems:
+        raise ConfigError(f"{'; '.join(problems)} ({ckpt_path}). With {flag} the model is the checkpoint's: "
+                          "drop those --model options (or the config lines setting them), or give a checkpoint "
+                          "trained with them")
+
+
+def check_input_size(module, datamodule) -> None:
+    """ConfigError when the model has a fixed input size (a strict patch embedding) and the data's differs."""
+    from timm.layers import PatchEmbed
+
+    from kanvision.train.module import ConfigError
+
+    size = getattr(getattr(datamodule, "hparams", None), "img_size", None)
+    embed = next((m for m in module.modules() if isinstance(m, PatchEmbed)), None)
+    if size is None or embed is None or not embed.strict_img_size or embed.img_size is None:
+        return
+    if tuple(embed.img_size) != (size, size):
+        h, w = embed.img_size
+        name = getattr(getattr(module, "hparams", None), "model", type(module).__name__)
+        raise ConfigError(f"--data.img_size {size} but {name} takes {h}x{w} images only (fixed input size): set "
+                          f"--data.img_size {h}, or build it for {size}x{size} with --model.model_kwargs.img_size {size}")
+
+
+def check_ckpt_classes(ckpt_path, datamodule) -> None:
+    """ConfigError when a checkpoint was trained on other classes than the data has."""
+    import torch
+
+    from kanvision.train.module import ConfigError
+
+    names = getattr(datamodule, "class_names", None)
+    if not names:
+        return
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return  # Lightning's own load reports an unreadable file
+    record = ckpt.get("kanvision") or {}
+    n = record.get("num_classes") or (ckpt.get("hyper_parameters") or {}).get("num_classes")
+    check_classes(ckpt_path, n, record.get("class_names"), names)
+
+
+def check_classes(source, n, trained, names, flag: str = "--ckpt_path") -> None:
+    """ConfigError when weights trained on `n` classes named `trained` meet data of other classes."""
+    from kanvision.train.module import ConfigError
+
+    if n is not None and n != len(names):
+        seen = f" ({_short(trained)})" if trained else ""
+        raise ConfigError(f"{source} was trained on {n} classes{seen} but the data has {len(names)} "
+                          f"({_short(names)}): give the data it was trained on (--data.dataset / --data.root), "
+                          f"or fine-tune from its weights instead of {flag}")
+    placeholder = list(names) == [str(i) for i in range(len(names))]  # CIFAR-100 names before its download
+    if trained and not placeholder and list(trained) != list(names):
+        diff = [f"{i}: {a} vs {b}" for i, (a, b) in enumerate(zip(trained, names)) if a != b]
+        raise ConfigError(f"{source} was trained on other classes than the data has (index: checkpoint vs "
+                          f"data: {_short(diff)}): give the data it was trained on (--data.dataset / --data.root)")
+
+
+def read_pretrained(subcommand: str, config) -> tuple:
+    """(state dict, export config, name) of --pretrained; ConfigError where the flag does not apply."""
+    from kanvision.train.module import ConfigError
+    from kanvision.hub.pretrained import read_source
+
+    if subcommand not in ("validate", "test"):
+        raise ConfigError(f"--pretrained is for `kanvision validate` / `kanvision test`, not {subcommand}: "
+                          "fit trains from scratch (or resumes with --ckpt_path)")
+    if config.get("ckpt_path"):
+        raise ConfigError("give --pretrained or --ckpt_path, not both: each says where the weights come from")
+    return read_source(config["pretrained"])
+
+
+def pretrained_hparams(config: dict) -> dict:
+    """The ImageClassifier options an export's record fixes (num_classes comes from the data, checked on load)."""
+    import inspect
+
+    from kanvision.train.module import ImageClassifier
+
+    params = inspect.signature(ImageClassifier.__init__).parameters
+    record = config["kanvision"]
+    return {k: v for k, v in record.items() if k in params and k != "num_classes"}
+
+
+def load_pretrained_into(module, datamodule, state_dict, config, source) -> None:
+    """--pretrained's weights into the built model, after the same class check as --ckpt_path."""
+    from kanvision.hub.checkpoints import check_finite, check_state_dict
+
+    names = getattr(datamodule, "class_names", None)
+    if names:
+        record = config["kanvision"]
+        check_classes(source, record.get("num_classes"), record.get("class_names"), names, flag="--pretrained")
+    check_state_dict(module.model, state_dict, source)
+    check_finite(state_dict, source)
+    module.model.load_state_dict(state_dict)
+
+
+def _short(items, n: int = 4) -> str:
+    items = list(items)
+    return ", ".join(map(str, items[:n])) + (f", ... ({len(items)} in all)" if len(items) > n else "")
+
+
+def default_loggers(root: str, name: str, resume_from: str | None = None) -> list:
+    """CSV + TensorBoard in one run directory <root>/<name>/version_N (TensorBoard events in its tensorboard/).
+
+    Resuming from a checkpoint of <root>/<name>/version_N goes on in version_N."""
+    import os
+    from pathlib import Path
+
+    import torch
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from kanvision.train.runs import AppendingCSVLogger, allocate_version, resume_version
+
+    version = resume_version(root, name, resume_from)
+    resume_step = None
+    if version is not None:
+        resume_step = int(torch.load(resume_from, map_location="cpu", weights_only=False, mmap=True)["global_step"])
+        os.environ[RUN_VERSION_ENV] = str(version)
+    elif rank_zero_only.rank == 0:
+        # Created here, atomically: the loggers would each scan for the next free version_N when they first
+        # write, and two runs of the same name started together would both take the same one.
+        base_existed = (Path(root) / name).exists()
+        version = allocate_version(root, name)
+        os.environ[RUN_VERSION_ENV] = str(version)  # DDP ranks started after this (same job) inherit it
+        _ALLOCATED.append((Path(root) / name / f"version_{version}", base_existed))
+    else:
+        # Other ranks write no logs (Lightning broadcasts rank 0's directory); take its number, create nothing.
+        version = int(os.environ.get(RUN_VERSION_ENV, "0"))
+    return [AppendingCSVLogger(root, name=name, version=version, resume_step=resume_step),
+            TensorBoardLogger(root, name=name, version=version, sub_dir="tensorboard")]
+
+
+RUN_VERSION_ENV = "KANVISION_RUN_VERSION"
+_ALLOCATED: list = []  # (run directory, whether <root>/<name> was there before), for _drop_empty_run_dirs
+
+
+def _drop_empty_run_dirs() -> None:
+    """A command stopped by a check before it ran (bad --data.img_size...) leaves no empty version_N behind:
+    the directory is made when the loggers are built, before those checks."""
+    while _ALLOCATED:
+        run, base_existed = _ALLOCATED.pop()
+        try:
+            run.rmdir()  # only if empty
+            if not base_existed:
+                run.parent.rmdir()
+        except OSError:
+            pass
+
+
+def lightning_main(args: list[str]) -> None:
+    """`kanvision fit|validate|test ...`: LightningCLI over ImageClassifier and ImageDataModule."""
+    from kanvision.hub.checkpoints import CheckpointError
+    from kanvision.data.datamodule import DataError, ImageDataModule
+    from kanvision.train.module import ConfigError, ImageClassifier
+    from kanvision.train.runs import DivergedError, RunInterrupted
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    # From the shell args is sys.argv[1:]: LightningCLI then reads sys.argv itself, since given both it warns
+    # (printing the whole command line twice) on every command, --help included.
+    cli_args = None if list(args) == sys.argv[1:] else args
+    try:
+        cli = _cli_class()(
+            ImageClassifier, ImageDataModule, args=cli_args, trainer_defaults={"max_epochs": 10},
+            save_config_kwargs={"overwrite": True}, seed_everything_default=0,
+            parser_kwargs={"description": "kanvision training (LightningCLI); see configs/ and the README"},
+        )
+    except (DataError, ConfigError, CheckpointError, DivergedError) as e:  # user input, not a bug: one line
+        raise SystemExit(f"kanvision: error: {e}") from None
+    except RunInterrupted as e:
+        print(f"kanvision: {e}", file=sys.stderr)
+        raise SystemExit(130) from None
+    except SIGTERMException:
+        # Lightning raises SystemExit() for a SIGTERM outside a training step (after the last one, or a second
+        # signal): exit status 0 would tell a scheduler the job succeeded.
+        print("kanvision: stopped by SIGTERM outside a training step (final validation or the after-fit test); "
+              "the checkpoints saved so far are kept in the run directory: resume with --ckpt_path <run>/"
+              "checkpoints/last.ckpt, or score the best one with `kanvision test --ckpt_path ...`", file=sys.stderr)
+        raise SystemExit(143) from None
+    finally:
+        _drop_empty_run_dirs()
+    _close_process_group()
+    return cli
+
+
+def _close_process_group() -> None:
+    """Tear DDP down in step on every rank before the interpreter exits.
+
+    Lightning destroys only NCCL groups at exit. A gloo group left alive is torn down by C++ destructors
+    racing the peer's own exit, and about one run in three then aborts ("terminate called without an active
+    exception", exit 134) after all work is saved."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+

@@ -1,0 +1,281 @@
+"""A training run's directory and its outcome: `status.json`, and a stop on a non-finite training loss.
+
+`status.json` in the run directory (`<root>/<name>/version_N/`) is what a sweep reads to tell a finished
+run from one that diverged, failed or is still going:
+
+    {"status": "running" | "finished" | "diverged" | "failed" | "interrupted", ...}
+
+"interrupted" (a first SIGINT / SIGTERM: training stops at the next step boundary, after a validation or an
+epoch end that is due, and saves its state) adds `step`, `epoch` and
+`checkpoint`, the file to resume from with --ckpt_path. "diverged" adds `step` (the optimizer step whose loss was not finite), `epoch`, `loss` ("nan", "inf",
+"-inf", or "non-finite on another rank" under DDP), `last_finite_loss` (null when no step was finite)
+and `lr` (the learning rate of that step); "failed" adds `error` (the exception's type and first line).
+The file is replaced atomically.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import os
+import signal
+import threading
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+__all__ = ["AppendingCSVLogger", "DivergedError", "RunInterrupted", "RunStatus", "allocate_version", "read_status",
+           "resume_version", "write_status"]
+
+STATUS_NAME = "status.json"
+
+
+class DivergedError(RuntimeError):
+    """Training produced a non-finite loss; the run was stopped and marked diverged."""
+
+
+class RunInterrupted(RuntimeError):
+    """SIGINT or SIGTERM stopped training after a whole step, whose state was saved for --ckpt_path."""
+
+
+def write_status(run_dir: str | os.PathLike, **record) -> Path:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / STATUS_NAME
+    tmp = run_dir / f".{STATUS_NAME}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, path)  # a reader never sees half a file
+    return path
+
+
+def read_status(run_dir: str | os.PathLike) -> dict | None:
+    try:
+        return json.loads((Path(run_dir) / STATUS_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def allocate_version(root: str | os.PathLike, name: str) -> int:
+    """Create <root>/<name>/version_N for the first free N and return N.
+
+    os.mkdir either creates the directory or fails because it exists, so of two runs started together with
+    the same name each gets its own N (a scan for the next free number would give both the same one).
+    """
+    base = Path(root) / name
+    base.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name[len("version_"):]) for p in base.glob("version_*") if p.name[len("version_"):].isdigit()]
+    n = max(taken, default=-1) + 1
+    while True:
+        try:
+            os.mkdir(base / f"version_{n}")
+            return n
+        except FileExistsError:
+            n += 1
+
+
+def resume_version(root: str | os.PathLike, name: str, ckpt_path: str | os.PathLike | None) -> int | None:
+    """N when ckpt_path is <root>/<name>/version_N/checkpoints/<file>: a resumed run goes on in its own
+    directory (metrics.csv continues, best-checkpoint tracking carries over) instead of starting version_N+1."""
+    if not ckpt_path or not Path(ckpt_path).is_file():
+        return None
+    run = Path(ckpt_path).resolve().parent.parent
+    base = (Path(root) / name).resolve()
+    if run.parent == base and run.name.startswith("version_") and run.name[len("version_"):].isdigit():
+        return int(run.name[len("version_"):])
+    return None
+
+
+class AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes an existing metrics.csv; a resumed run keeps it and appends, after
+    dropping the rows of steps past its checkpoint (they are trained, and logged, again)."""
+
+    def __init__(self, log_dir: str, resume_step: int | None = None):
+        self.resume_step = resume_step
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        if not self._fs.isfile(self.metrics_file_path):
+            return
+        with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+            reader = csv.DictReader(f)
+            rows, self.metrics_keys = list(reader), sorted(reader.fieldnames or [])
+        if self.resume_step is not None:
+            rows = [r for r in rows if not r.get("step") or int(float(r["step"])) < self.resume_step]
+            with self._fs.open(self.metrics_file_path, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=self.metrics_keys)
+                writer.writeheader()
+                writer.writerows(rows)
+
+
+class AppendingCSVLogger(CSVLogger):
+    """CSVLogger whose metrics.csv survives a resume into its run directory (see AppendingWriter)."""
+
+    def __init__(self, *args, resume_step: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._resume_step = resume_step
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> AppendingWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = AppendingWriter(self.log_dir, self._resume_step)
+        return self._experiment
+
+
+def _loss_text(x: float) -> str:
+    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+
+
+class RunStatus(L.Callback):
+    """Writes status.json for `fit`, and stops training at the first non-finite training loss.
+
+    A NaN/inf loss otherwise trains on (every later step is NaN), validates at chance, saves a "best"
+    checkpoint and exits 0. Checked on every rank and agreed over ranks, so DDP ranks stop together.
+    """
+
+    def __init__(self):
+        self.last_finite: float | None = None
+        self._signal = self._asked = None
+        self._deferred, self._previous = False, {}
+        self._step = self._lr = None
+
+    def _dir(self, trainer) -> str | None:
+        run_dir = trainer.log_dir  # a collective under DDP: every rank asks
+        # Without a logger, or under fast_dev_run (a dummy logger), there is no run directory to mark.
+        return run_dir if trainer.loggers and not trainer.fast_dev_run else None
+
+    def _write(self, trainer, **record) -> str | None:
+        run_dir = self._dir(trainer)
+        if trainer.is_global_zero and run_dir:
+            write_status(run_dir, **record)
+        return run_dir
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._write(trainer, status="running")
+        self._signal, self._deferred, self._asked = None, False, None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _on_signal(self, signum, frame) -> None:
+        # The first Ctrl-C / SIGTERM (a scheduler's notice) ends the run at the next step boundary, state saved;
+        # the handlers from before (Python's KeyboardInterrupt, Lightning's SIGTERM handling) take a second one.
+        self._signal = signal.Signals(signum).name
+        self._restore_handlers()
+
+    def _restore_handlers(self) -> None:
+        previous, self._previous = getattr(self, "_previous", {}), {}
+        if previous and threading.current_thread() is threading.main_thread():
+            for sig, handler in previous.items():
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+    def _stop_requested(self, trainer) -> bool:
+        """Agreed over ranks after every step: whether a signal arrived on any of them."""
+        asked = self._signal
+        if trainer.strategy.reduce_boolean_decision(asked is not None, all=False):
+            self._asked = asked or "a signal on another rank"
+            return True
+        return False
+
+    @staticmethod
+    def _epoch_end_or_validation_due(trainer) -> bool:
+        loop = trainer.fit_loop.epoch_loop
+        if loop.batch_progress.is_last_batch:
+            return True
+        try:  # Lightning's own test for a mid-epoch validation after this batch (val_check_interval)
+            return bool(loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
+        except (AttributeError, TypeError):
+            return False
+
+    def _stop(self, trainer) -> None:
+        run_dir = self._dir(trainer) or trainer.default_root_dir
+        path = Path(run_dir) / "checkpoints" / f"interrupted-step{trainer.global_step:06d}.ckpt"
+        trainer.save_checkpoint(path)  # every rank calls it; rank 0 writes
+        self._write(trainer, status="interrupted", signal=self._asked, step=trainer.global_step,
+                    epoch=trainer.current_epoch, checkpoint=str(path))
+        raise RunInterrupted(f"stopped by {self._asked} after step {trainer.global_step} (epoch "
+                             f"{trainer.current_epoch}); its state is saved: resume with the same command plus "
+                             f"--ckpt_path {path}")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._deferred:  # a stop asked for at the end of the previous epoch or before a validation
+            self._stop(trainer)
+        # The step and learning rate this batch trains with (both move on before on_train_batch_end).
+        self._step = trainer.global_step
+        self._lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if not isinstance(loss, torch.Tensor):
+            return
+        value = float(loss.detach())
+        if not trainer.strategy.reduce_boolean_decision(not math.isfinite(value), all=False):
+            self.last_finite = value
+            if self._stop_requested(trainer):
+                # Not before a validation or an epoch's end that is due now: resuming would skip them (Lightning
+                # goes on with the next batch), so the stop waits for the start of the next batch.
+                if self._epoch_end_or_validation_due(trainer):
+                    self._deferred = True
+                else:
+                    self._stop(trainer)
+            return
+        record = dict(status="diverged", step=self._step, epoch=trainer.current_epoch,
+                      loss=_loss_text(value) if not math.isfinite(value) else "non-finite on another rank",
+                      last_finite_loss=self.last_finite, lr=self._lr)
+        self._restore_handlers()
+        run_dir = self._write(trainer, **record)
+        where = f"the run is marked diverged in {Path(run_dir) / STATUS_NAME}" if run_dir else "no run directory"
+        last = f"{self.last_finite:.4g}" if self.last_finite is not None else "none (the first step)"
+        lr = f"{self._lr:.3g}" if self._lr is not None else "unknown"
+        clip = "" if trainer.gradient_clip_val else " or clip gradients (--trainer.gradient_clip_val 1)"
+        raise DivergedError(
+            f"training diverged: loss {record['loss']} at step {self._step} (epoch {trainer.current_epoch}), "
+            f"last finite loss {last}, lr {lr}; {where}. Lower the learning rate "
+            f"(--model.optimizer.init_args.lr){clip}")
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._restore_handlers()
+        self._write(trainer, status="finished")
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._restore_handlers()
+        if (isinstance(exception, (DivergedError, RunInterrupted)) or trainer.state.fn != "fit" or not trainer.is_global_zero
+                or not trainer.loggers or trainer.fast_dev_run):
+            return
+        # Not trainer.log_dir: a collective, and other ranks may not be here.
+        logger = trainer.loggers[0]
+        run_dir = getattr(logger, "log_dir", None) or logger.save_dir
+        if not run_dir:
+            return
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+        # SIGTERMException: Lightning's own handler took a SIGTERM that came outside our window (after the last
+        # training step, e.g. during the final validation): the run was stopped, not broken.
+        if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            write_status(run_dir, status="interrupted", step=trainer.global_step, epoch=trainer.current_epoch)
+        else:
+            first = (str(exception).splitlines() or [""])[0]
+            write_status(run_dir, status="failed", step=trainer.global_step, epoch=trainer.current_epoch,
+                         error=f"{type(exception).__name__}: {first}"[:500])
+
+
+def latest_version(run_root: Path) -> Path | None:
+    """The run's highest-numbered version_N directory (numeric order, not lexical), or None."""
+    versions = [p for p in run_root.glob("version_*") if p.name[len("version_"):].isdigit()]
+    return max(versions, key=lambda p: int(p.name[len("version_"):]), default=None)
+
+
+def error_line(log: Path) -> str:
+    """The line of a fit's log that says why it stopped: our one-line error, else an exception line, else the last."""
+    try:
+        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no output"
+    for ln in reversed(lines):
+        if ln.startswith("kanvision: ") or re.match(r"\w+(Error|Exception)\b", ln):
+            return ln[:300]
+    return lines[-1][:300] if lines else "no output"
