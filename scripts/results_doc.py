@@ -30,12 +30,86 @@ def _mib(b):
     return "OOM" if b is None else f"{b / 2**20:.1f}"
 
 
-def memory_section(cpu: dict, cuda: dict | None) -> list[str]:
+def eq1_curves(data: dict) -> dict[str, dict[int, dict]]:
+    """The paper's Eq. (1) summed over each measured model's B-spline layers (kanvision.analysis.memory.
+    paper_model_estimate) at each measured batch size: model label -> {batch size: estimate}. The models are
+    rebuilt untrained on the CPU from the memory run's recorded settings (only their shapes matter here)."""
+    import argparse
+
+    import torch
+
+    from kanvision.analysis.inputs import _input_shape, _models
+    from kanvision.analysis.memory import paper_model_estimate
+
+    labels = {r["model"] for r in data["rows"]}
+    batches = sorted({r["batch_size"] for r in data["rows"]})
+    out = {}
+    for label, model in _models(argparse.Namespace(**dict(data["settings"], device="cpu"))):
+        if label not in labels:
+            continue
+        example = torch.zeros(1, *_input_shape(model))
+        est = {b: paper_model_estimate(model, example, b) for b in batches}
+        if est[batches[0]]["layers"]:
+            out[label] = est
+    return out
+
+
+def _layer_shapes(layers: list[tuple]) -> str:
+    """'16 x (I 128, O 128, 64 rows/image, G 5, S 3)', one group per distinct layer shape."""
+    shapes = {}
+    for _, *shape in layers:
+        shapes[tuple(shape)] = shapes.get(tuple(shape), 0) + 1
+    return ", ".join(f"{n} x (I {i}, O {o}, {r} rows/image, G {g}, S {s})" for (i, o, r, g, s), n in shapes.items())
+
+
+def _slope(pts: dict[int, float | None]) -> float | None:
+    """MiB per image between the smallest and the largest batch with a value."""
+    ok = sorted((b, v) for b, v in pts.items() if v is not None)
+    return None if len(ok) < 2 else (ok[-1][1] - ok[0][1]) / 2**20 / (ok[-1][0] - ok[0][0])
+
+
+def eq1_paragraph(name: str, data: dict, curves: dict[str, dict[int, dict]]) -> list[str]:
+    """What the dashed line of one memory figure shows, with its numbers against the measured ones."""
+    out = []
+    mlp = data.get("mlp_reference")
+    for label, est in curves.items():
+        batches = sorted(est)
+        lo, hi = est[batches[0]], est[batches[-1]]
+        mib = lambda b: f"{b / 2**20:.1f}"  # noqa: E731
+        meas = {impl: {r["batch_size"]: r["bytes"] for r in data["rows"]
+                       if r["model"] == label and r.get("impl") == impl} for impl in ("fast", "reference")}
+        base = {r["batch_size"]: r["bytes"] for r in data["rows"] if r["model"] == mlp}
+        ratios = {impl: [v / est[b]["total_bytes"] for b, v in m.items() if v is not None and b in est]
+                  for impl, m in meas.items()}
+        span = lambda v: f"{min(v):.2f}-{max(v):.2f}x" if v else "not measured"  # noqa: E731
+        slopes = [(f"{label} reference", _slope(meas["reference"])), (f"{label} fast", _slope(meas["fast"])),
+                  (f"{mlp} (MLP)", _slope(base) if mlp else None)]
+        eq1_slope = _slope({b: e["total_bytes"] for b, e in est.items()})
+        sec31 = ("equal to" if lo["parameter_count"] == lo["parameter_count_sec31"] else
+                 f"{lo['parameter_count'] - lo['parameter_count_sec31']:+,} elements against")
+        out += [f"{name} figure, dashed: the paper's Eq. (1) (`kanvision.analysis.memory.paper_model_estimate`) "
+                f"summed over the {len(lo['layers'])} B-spline layers of {label}, {_layer_shapes(lo['layers'])}, "
+                f"B = batch x rows per image, {lo['element_size']} bytes per element (the parameters' dtype). It "
+                "counts what these layers need beyond FC layers of the same I -> O (efficient-kan storage), not a "
+                f"whole training step. At batch {batches[0]} / {batches[-1]}: forward pass "
+                f"{lo['forward_pass']:,} / {hi['forward_pass']:,}, reverse pass {lo['reverse_pass']:,} / "
+                f"{hi['reverse_pass']:,}, parameter count {lo['parameter_count']:,} elements ({sec31} Section "
+                f"3.1's KAN-minus-FC count); total {mib(lo['total_bytes'])} / {mib(hi['total_bytes'])} MiB. "
+                f"The measured reference step is {span(ratios['reference'])} this total and the fast step "
+                f"{span(ratios['fast'])}. Growth per image, batch {batches[0]} to {batches[-1]}: Eq. (1) "
+                f"{eq1_slope:.2f} MiB; measured "
+                + ", ".join(f"{k} {v:.2f} MiB" for k, v in slopes if v is not None) + ".", ""]
+    return out
+
+
+def memory_section(cpu: dict, cuda: dict | None, curves: dict[str, dict] | None = None) -> list[str]:
     lines = ["## Figure 4: memory of one training step vs batch size", "",
              "Both storage modes of the same layers: `fast` (our kernels: the basis is recomputed in backward, "
              "scratch buffers reused) and `reference` (plain autograd, the expanded basis stored for backward as "
              "in efficient-kan, the implementation the paper measured). x MLP: the ratio to the MLP Mixer at the "
-             "same batch.", ""]
+             "same batch. In the figures (log-log, MiB): solid = fast (and the MLP), dotted = reference, dashed = "
+             "the paper's Eq. (1) for the B-spline model's layers, in the same units (elements x bytes per "
+             "element).", ""]
     for name, data, where in (("CPU", cpu, "this run"), ("CUDA", cuda, "recorded: docs/data/memory_cuda.json")):
         if data is None:
             lines += [f"{name}: not run.", ""]
@@ -52,6 +126,8 @@ def memory_section(cpu: dict, cuda: dict | None) -> list[str]:
             lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(_mib(pts[b]["bytes"]) for b in batches)
                          + f" | {ratio} |")
         lines.append("")
+        if curves and curves.get(name):
+            lines += eq1_paragraph(name, data, curves[name])
     return lines
 
 
@@ -181,10 +257,31 @@ def hessian_finding(hess: list[tuple[str, dict]], missing: list[str]) -> str:
     return " ".join(texts)
 
 
-def findings(cpu: dict, cuda: dict | None, hess: list[tuple[str, dict]]) -> list[str]:
+def eq1_finding(cpu: dict, cuda: dict | None, curves: dict[str, dict]) -> str:
+    """Where the measured B-spline steps sit against the paper's Eq. (1), per device, from the data."""
+    parts = []
+    for name, data in (("CUDA", cuda), ("CPU", cpu)):
+        for label, est in (curves.get(name) or {}).items():
+            pos = []
+            for impl in ("reference", "fast"):
+                r = [v["bytes"] / est[v["batch_size"]]["total_bytes"] for v in data["rows"]
+                     if v["model"] == label and v.get("impl") == impl and v["bytes"] is not None
+                     and v["batch_size"] in est]
+                if r:
+                    where = "above" if min(r) > 1 else "below" if max(r) < 1 else "on both sides of"
+                    pos.append(f"{impl} {min(r):.2f}-{max(r):.2f}x ({where} it)")
+            parts.append(f"{name} {label}: " + ", ".join(pos))
+    if not parts:
+        return "The paper's Eq. (1) was not evaluated (no B-spline model among the measured)."
+    return ("Against the paper's Eq. (1) summed over the B-spline layers (dashed in the figures; the memory "
+            "beyond equal-width FC layers), the measured steps are: " + "; ".join(parts) + ".")
+
+
+def findings(cpu: dict, cuda: dict | None, hess: list[tuple[str, dict]],
+             curves: dict[str, dict] | None = None) -> list[str]:
     """The paper's three claims against what this page measured (numbers computed from the data above)."""
     done = [k for _, d in hess for k in d["models"] if full_scale(d["settings"])]
-    from kanvision.pretrained import TAGS  # every shipped model belongs in the full-scale study
+    from kanvision.hub.pretrained import TAGS  # every shipped model belongs in the full-scale study
     missing = [t for t in TAGS if t not in done]
     out = ["## Against the paper's three claims", "",
            "1. **Parameters (Table 1).** The block layout above (timm's unused MLP kept beside the KAN MLP) gives the "
@@ -196,8 +293,7 @@ def findings(cpu: dict, cuda: dict | None, hess: list[tuple[str, dict]]) -> list
            "this supports the paper. With our recomputing kernels the same layers need "
            f"{_ratio_span(cuda, 'bspline', 'fast')} (B-spline) and {_ratio_span(cuda, 'rswaf', 'fast')} (RSWAF) of "
            "the MLP's: the memory cost is the stored basis, an implementation choice, not the KAN itself. "
-           "The paper's analytic Eq. (1)/(2) are not implemented (`paper_estimate` raises): their text was not "
-           "available here.",
+           + eq1_finding(cpu, cuda, curves or {}),
            "3. **Hessian (Figure 3).** The paper reports more large positive eigenvalues for B-spline KANs than "
            "for MLPs. " + hessian_finding(hess, missing)]
     return out
@@ -216,9 +312,15 @@ def main() -> int:
     figs = ROOT / "docs" / "figures"
     cpu = json.loads((run / "memory" / "memory.json").read_text())
     cuda = json.loads(args.cuda_memory.read_text()) if args.cuda_memory.is_file() else None
-    plot_memory(cpu["rows"], figs / "memory_vs_batch.png")
+    # The paper's Eq. (1) beside the measurements, per device: the two runs may have measured other batches.
+    curves = {name: eq1_curves(d) for name, d in (("CPU", cpu), ("CUDA", cuda)) if d}
+
+    def dashed(name):
+        return {label: [(b, e["total_bytes"]) for b, e in sorted(est.items())]
+                for label, est in curves[name].items()}
+    plot_memory(cpu["rows"], figs / "memory_vs_batch.png", estimates=dashed("CPU"))
     if cuda:
-        plot_memory(cuda["rows"], figs / "memory_vs_batch_cuda.png")
+        plot_memory(cuda["rows"], figs / "memory_vs_batch_cuda.png", estimates=dashed("CUDA"))
     hess = [(str(h.relative_to(ROOT) if h.is_relative_to(ROOT) else h), json.loads(h.read_text()))
             for h in args.hessian if h.is_file()]
     if hess:
@@ -242,7 +344,7 @@ def main() -> int:
              "The paper's four KAN counts against the Vision-KAN block layout (timm's Block with its MLP left "
              "unused plus the KAN MLP), `pytest tests/test_table1_layout.py -rxXs`:", "", "```",
              (run / "table1.txt").read_text().strip(), "```", ""]
-    lines += memory_section(cpu, cuda)
+    lines += memory_section(cpu, cuda, curves)
     lines += ["![memory, CPU](figures/memory_vs_batch.png)"]
     if cuda:
         lines += ["![memory, CUDA](figures/memory_vs_batch_cuda.png)"]
@@ -257,7 +359,7 @@ def main() -> int:
         (figs / "splines_bspline.png").write_bytes(spl[0].read_bytes())
         lines += ["", "## Learned B-spline edges (shipped B-spline weights, first KAN layer)", "",
                   "![B-spline edges](figures/splines_bspline.png)"]
-    lines += [""] + findings(cpu, cuda, hess)
+    lines += [""] + findings(cpu, cuda, hess, curves)
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
     return 0

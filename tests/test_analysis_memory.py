@@ -1,17 +1,19 @@
 """Memory analysis: CPU saved-tensor measurement against byte counts worked out by hand, cap-as-OOM, and the
-paper's Eq. (1)/(2) (not available: see kanvision.analysis.memory.paper_estimate).
+paper's Eq. (1)/(2) (Pal & Das, Section 3.2) term by term against values worked out by hand.
 
 The loss in the measurement tests is `out.sum()`, whose backward saves nothing, so every saved byte comes from
 the model. Float32 throughout: 4 bytes per element. N = rows.
 """
+import re
+
 import pytest
 import torch
 from torch import nn
 
 from kanvision.analysis.memory import (analytic_estimate, kan_layer_estimate, measure_step, memory_sweep,
-                                       paper_estimate, set_kan_impl)
+                                       paper_eq2, paper_estimate, paper_model_estimate, set_kan_impl)
 from kanvision.layers import BSplineKAN, RSWAFKAN
-from kanvision.layers.workspace import scratch_bytes
+from kanvision.kinds.workspace import scratch_bytes
 
 N = 20
 
@@ -95,10 +97,93 @@ def test_analytic_estimate_sums_layers_with_rows_from_the_forward():
     assert est["kan_param_bytes"] == 4 * sum(p.numel() for p in model.parameters())
 
 
-def test_paper_estimate_is_not_guessed():
-    # Eq. (1)/(2) of Pal & Das were not available to copy; the function must say so rather than return a guess.
-    with pytest.raises(NotImplementedError, match="Eq"):
-        paper_estimate(4, 3, 10, 5, 3)
+# --- The paper's Eq. (1) and (2) (Section 3.2) and its Section 3.1 parameter counts ---
+# Eq. (1), as printed: I(1+G+S)B [forward pass] + I(G+S-1)B - OB [reverse pass] + IO(2+G+S) - I(O+1) [parameter
+# count]. Eq. (2): I[2(G+S)B + (G+S+1)O - 1] - OB. Section 3.1: KAN layer IO(2+G+S), FC layer O(I+1).
+# Every expected value below is worked out by hand in the comment beside it.
+
+
+@pytest.mark.parametrize("I,O,B,G,S,terms,total,sec31", [
+    # I=2 O=3 B=4 G=1 S=1. Forward: the KAN allocates IB + OB + I(G+S)B = 8 + 12 + 16 = 36, the FC layer OB = 12,
+    # extra 24 (= I(1+G+S)B = 2*3*4). Reverse: I(G+S-1)B = 2*1*4 = 8, less OB = 12: -4 (negative, as printed).
+    # Parameters: IO(2+G+S) = 6*4 = 24 less I(O+1) = 2*4 = 8: 16. Total 24 - 4 + 16 = 36.
+    # Section 3.1: KAN 24, FC O(I+1) = 3*3 = 9, difference 15 (Eq. (1)'s 16 is larger by O - I = 1).
+    (2, 3, 4, 1, 1, (24, -4, 16), 36, (24, 9, 15)),
+    # I=4 O=3 B=10, the paper's G=5 S=3. Forward: IB 40 + OB 30 + I(G+S)B 320 = 390, less the FC's 30: 360.
+    # Reverse: 4*7*10 = 280 less 30: 250. Parameters: 4*3*10 = 120 less 4*4 = 16: 104. Total 714.
+    # Section 3.1: KAN 120, FC 3*5 = 15, difference 105.
+    (4, 3, 10, 5, 3, (360, 250, 104), 714, (120, 15, 105)),
+    # One layer of the shipped B-spline Mixer at batch 8: I=O=128, B=8*64=512 rows, G=5, S=3. Forward
+    # 128*9*512 = 589,824. Reverse 128*7*512 - 128*512 = 458,752 - 65,536 = 393,216. Parameters
+    # 128*128*10 - 128*129 = 163,840 - 16,512 = 147,328. Total 1,130,368. Square layer: I(O+1) = O(I+1).
+    (128, 128, 512, 5, 3, (589_824, 393_216, 147_328), 1_130_368, (163_840, 16_512, 147_328)),
+])
+def test_eq1_terms_by_hand(I, O, B, G, S, terms, total, sec31):
+    est = paper_estimate(I, O, B, G, S)
+    assert (est["forward_pass"], est["reverse_pass"], est["parameter_count"]) == terms
+    assert est["total"] == total and est["unit"] == "elements (floats)"
+    assert (est["kan_params_sec31"], est["fc_params_sec31"], est["parameter_count_sec31"]) == sec31
+    assert "total_bytes" not in est
+    assert paper_estimate(I, O, B, G, S, element_size=4)["total_bytes"] == 4 * total
+    assert paper_eq2(I, O, B, G, S) == total  # Eq. (2) on the same hand-worked cases
+
+
+def test_eq2_is_what_eq1_simplifies_to():
+    # The paper writes Eq. (2) as "=" Eq. (1) with no condition beyond the definitions of I, O, B, G, S: expanding,
+    # I(1+G+S)B + I(G+S-1)B = 2I(G+S)B and IO(2+G+S) - I(O+1) = IO(G+S+1) - I, so the sum is
+    # I[2(G+S)B + (G+S+1)O - 1] - OB for every I, O, B, G, S (it holds identically, not only at G=5, S=3).
+    # Both sides are affine in each of the five counts separately, so agreeing on {1, 2}^5 proves the identity;
+    # larger values on top, and a term-by-term transcription of Eq. (1) as a third opinion.
+    import itertools
+    import random
+    rng = random.Random(0)
+    cases = list(itertools.product((1, 2), repeat=5))
+    cases += [tuple(rng.randint(1, 500) for _ in range(5)) for _ in range(200)]
+    for I, O, B, G, S in cases:
+        eq1 = I * (1 + G + S) * B + (I * (G + S - 1) * B - O * B) + (I * O * (2 + G + S) - I * (O + 1))
+        est = paper_estimate(I, O, B, G, S)
+        assert est["total"] == est["forward_pass"] + est["reverse_pass"] + est["parameter_count"] == eq1
+        assert paper_eq2(I, O, B, G, S) == eq1
+
+
+def test_section31_counts_match_the_layer_and_the_tenfold_claim():
+    # Section 3.1: "control points, shortcut weights and B-spline weights" = IO(2+G+S); our BSplineKAN (base weight
+    # O x I, spline weight O x I x (G+S), spline scaler O x I) has exactly that many. With G=5, S=3 the ratio to an
+    # FC layer is 10 I / (I + 1): "approximately 10 times" (9.92 at I = 128).
+    for I, O, G, S in ((6, 5, 4, 2), (128, 128, 5, 3)):
+        layer = BSplineKAN(I, O, grid_size=G, spline_order=S)
+        assert sum(p.numel() for p in layer.parameters()) == paper_estimate(I, O, 1, G, S)["kan_params_sec31"]
+    est = paper_estimate(128, 128, 1, 5, 3)
+    assert est["kan_params_sec31"] / est["fc_params_sec31"] == pytest.approx(1280 / 129)
+
+
+@pytest.mark.parametrize("arg", ["I", "O", "B", "G", "S"])
+@pytest.mark.parametrize("bad", [0, -2, 2.0, True, "3", None])
+def test_eq1_rejects_what_is_not_a_positive_integer(arg, bad):
+    kwargs = {**dict(I=4, O=3, B=10, G=5, S=3), arg: bad}
+    for fn in (paper_estimate, paper_eq2):
+        msg = re.escape(f"{fn.__name__}: {arg} must be a positive integer, got {bad!r}")
+        with pytest.raises(ValueError, match=f"^{msg}$"):
+            fn(**kwargs)
+    with pytest.raises(ValueError, match="element_size must be a positive integer"):
+        paper_estimate(4, 3, 10, 5, 3, element_size=0)
+
+
+def test_eq1_summed_over_a_models_bspline_layers():
+    # Input (2, 7, 6): 7 rows per image, so B = 7 * 4 = 28 at batch 4 for both B-spline layers; RSWAF is not counted.
+    # Layer 0, I=6 O=5 G=4 S=2: forward 6*7*28 = 1176, reverse 6*5*28 - 5*28 = 840 - 140 = 700, parameters
+    #   6*5*8 - 6*6 = 204; Section 3.1: KAN 240, FC 5*7 = 35.
+    # Layer 2, I=5 O=3 G=3 S=1: forward 5*5*28 = 700, reverse 5*3*28 - 3*28 = 420 - 84 = 336, parameters
+    #   5*3*6 - 5*4 = 70; Section 3.1: KAN 90, FC 3*6 = 18.
+    model = nn.Sequential(BSplineKAN(6, 5, grid_size=4, spline_order=2), RSWAFKAN(5, 5),
+                          BSplineKAN(5, 3, grid_size=3, spline_order=1))
+    est = paper_model_estimate(model, torch.randn(2, 7, 6), batch_size=4)
+    assert (est["forward_pass"], est["reverse_pass"], est["parameter_count"]) == (1876, 1036, 274)
+    assert est["total"] == 3186 and est["element_size"] == 4 and est["total_bytes"] == 4 * 3186
+    assert (est["kan_params_sec31"], est["fc_params_sec31"], est["parameter_count_sec31"]) == (330, 53, 277)
+    assert est["layers"] == [("0", 6, 5, 7, 4, 2), ("2", 5, 3, 7, 3, 1)]
+    with pytest.raises(ValueError, match="^paper_model_estimate: batch_size must be a positive integer, got 0$"):
+        paper_model_estimate(model, torch.randn(2, 7, 6), batch_size=0)
 
 
 def test_cap_marks_oom_and_skips_larger_batches():
@@ -234,9 +319,11 @@ def test_cli_measures_both_modes_and_the_ratio_to_the_mlp(tmp_path):
     assert [(r["impl"], r["ratio_to_mlp"]) for r in only] == [("reference", None)]
 
 
-def test_plot_draws_both_modes(tmp_path, monkeypatch):
-    # Same colour per model, solid fast / dashed reference (the MLP solid), log-log, a legend naming the modes;
-    # an OOM point is a mark at the bottom, not a line point.
+@pytest.mark.parametrize("with_eq1", [False, True])
+def test_plot_draws_both_modes(tmp_path, monkeypatch, with_eq1):
+    # Same colour per model, solid fast / dotted reference (the MLP solid), log-log, a legend naming the modes;
+    # an OOM point is a mark at the bottom, not a line point. With estimates: one dashed line per model given, in
+    # that model's colour, bytes drawn in MiB like the measurements.
     import matplotlib.pyplot as plt
 
     from kanvision.analysis.plots import plot_memory
@@ -244,19 +331,27 @@ def test_plot_draws_both_modes(tmp_path, monkeypatch):
     monkeypatch.setattr(plt, "close", figs.append)
     rows = [dict(model=m, impl=i, batch_size=b, bytes=None if (i, b) == ("reference", 8) else b * 2**20 * k)
             for m, i, k in ((MLP, "n/a", 1), (KAN, "fast", 2), (KAN, "reference", 5)) for b in (2, 4, 8)]
-    plot_memory(rows, tmp_path / "m.png")
+    eq1 = {KAN: [(2, 3 * 2**20), (4, 6 * 2**20), (8, 12 * 2**20)]} if with_eq1 else None
+    plot_memory(rows, tmp_path / "m.png", estimates=eq1)
     ((fig,),) = [figs]
     ax = fig.axes[0]
     assert (ax.get_xscale(), ax.get_yscale()) == ("log", "log") and (tmp_path / "m.png").exists()
+    assert "MiB" in ax.get_ylabel() and "batch size" in ax.get_xlabel()
     lines = {ln.get_label(): ln for ln in ax.lines if not ln.get_label().startswith("_")}
-    assert sorted(lines) == sorted([f"{MLP}, no KAN layers", f"{KAN}, fast (recomputes basis)",
-                                    f"{KAN}, reference (stores basis)"])
+    expected = [f"{MLP}, no KAN layers", f"{KAN}, fast (recomputes basis)", f"{KAN}, reference (stores basis)"]
+    eq1_label = f"{KAN}, paper's Eq. (1): memory beyond FC layers"
+    assert sorted(lines) == sorted(expected + ([eq1_label] if with_eq1 else []))
     fast, ref, mlp = (lines[f"{KAN}, fast (recomputes basis)"], lines[f"{KAN}, reference (stores basis)"],
                       lines[f"{MLP}, no KAN layers"])
-    assert (fast.get_linestyle(), ref.get_linestyle(), mlp.get_linestyle()) == ("-", "--", "-")
+    assert (fast.get_linestyle(), ref.get_linestyle(), mlp.get_linestyle()) == ("-", ":", "-")
     assert fast.get_color() == ref.get_color() != mlp.get_color()
     assert list(ref.get_xdata()) == [2, 4] and list(fast.get_xdata()) == [2, 4, 8]
-    assert "dashed: reference" in ax.get_legend().get_title().get_text()
+    title = ax.get_legend().get_title().get_text()
+    assert "dotted: reference" in title and ("dashed: analytic estimate" in title) is with_eq1
+    if with_eq1:
+        dashed = lines[eq1_label]
+        assert dashed.get_linestyle() == "--" and dashed.get_color() == fast.get_color()
+        assert list(dashed.get_xdata()) == [2, 4, 8] and list(dashed.get_ydata()) == [3.0, 6.0, 12.0]
     plt.close(fig)
 
 

@@ -85,3 +85,53 @@ def test_each_architecture_pair_gets_its_own_verdict():
     assert "no second seed and no Hessian of the ConvMixer pair at any scale yet" in \
         results_doc.hessian_finding([("a.json", data(1, 2))], ["x"])
     assert results_doc.short(conv + "bspline") == "ConvMixer bspline" and results_doc.short(TAG + "none") == "Mixer none"
+
+
+# --- Figure 4: the paper's Eq. (1) beside the measured memory ---
+
+MIXER = "kan_mixer_tiny_p4_32"
+
+
+def test_eq1_curves_rebuild_the_measured_models():
+    # A one-block, 16-wide Mixer: its B-spline model has two KAN layers (channel fc1, fc2), I = O = 16, on 64 tokens
+    # (32 / 4 squared), G = 5, S = 3. Per layer at batch 2 (B = 128): forward 16*9*128 = 18,432, reverse
+    # 16*7*128 - 16*128 = 12,288, parameters 16*16*10 - 16*17 = 2,288; two layers: 36,864 + 24,576 + 4,576 = 66,016
+    # elements = 264,064 float32 bytes. At batch 4 the B-terms double: 73,728 + 49,152 + 4,576 = 127,456.
+    settings = {"model": MIXER, "kan": ["none", "bspline", "rswaf"], "checkpoint": None, "num_classes": 3, "seed": 0,
+                "model_kwargs": '{"num_blocks": 1, "embed_dim": 16}', "kan_kwargs": '{"compile": false}'}
+    rows = [{"model": f"{MIXER}:{k}", "batch_size": b} for k in ("none", "bspline") for b in (2, 4)]
+    curves = results_doc.eq1_curves({"settings": settings, "rows": rows})
+    assert list(curves) == [f"{MIXER}:bspline"]  # the MLP has no B-spline layer; RSWAF was not measured
+    two, four = curves[f"{MIXER}:bspline"][2], curves[f"{MIXER}:bspline"][4]
+    assert (two["forward_pass"], two["reverse_pass"], two["parameter_count"]) == (36_864, 24_576, 4_576)
+    assert two["total"] == 66_016 and two["total_bytes"] == 264_064 and four["total"] == 127_456
+    assert [shape for _, *shape in two["layers"]] == [[16, 16, 64, 5, 3]] * 2
+    assert results_doc._layer_shapes(two["layers"]) == "2 x (I 16, O 16, 64 rows/image, G 5, S 3)"
+
+
+def _est(total_mib):
+    return {"forward_pass": 1, "reverse_pass": 2, "parameter_count": 3, "parameter_count_sec31": 3,
+            "total_bytes": total_mib * 2**20, "element_size": 4, "layers": [("a", 8, 8, 4, 5, 3)]}
+
+
+def test_eq1_paragraph_and_finding_follow_the_data():
+    # Eq. (1): 100 MiB at batch 8, 1000 at 128. Measured reference 500 / 4000 MiB: 5.00x and 4.00x; fast 20 / 250:
+    # 0.20x and 0.25x. Growth per image over the 120 images: Eq. (1) 900 / 120 = 7.50, reference 3500 / 120 =
+    # 29.17, fast 230 / 120 = 1.92, MLP (30 -> 450) 420 / 120 = 3.50 MiB.
+    m = "m:bspline"
+    measured = {("m:none", "n/a"): (30, 450), (m, "fast"): (20, 250), (m, "reference"): (500, 4000)}
+    rows = [{"model": k, "impl": i, "batch_size": b, "bytes": v * 2**20, "method": "x: y"}
+            for (k, i), vals in measured.items() for b, v in zip((8, 128), vals)]
+    data = {"mlp_reference": "m:none", "rows": rows}
+    curves = {m: {8: _est(100), 128: _est(1000)}}
+    text = " ".join(results_doc.eq1_paragraph("CUDA", data, curves))
+    assert "summed over the 1 B-spline layers of m:bspline, 1 x (I 8, O 8, 4 rows/image, G 5, S 3)" in text
+    assert "total 100.0 / 1000.0 MiB" in text and "equal to Section 3.1's" in text
+    assert "reference step is 4.00-5.00x this total and the fast step 0.20-0.25x" in text
+    assert ("Eq. (1) 7.50 MiB; measured m:bspline reference 29.17 MiB, m:bspline fast 1.92 MiB, "
+            "m:none (MLP) 3.50 MiB.") in text
+    finding = results_doc.eq1_finding(data, None, {"CPU": curves})
+    assert "CPU m:bspline: reference 4.00-5.00x (above it), fast 0.20-0.25x (below it)." in finding
+    assert "was not evaluated" in results_doc.eq1_finding(data, None, {})
+    section = "\n".join(results_doc.memory_section(data, None, {"CPU": curves}))
+    assert "CPU figure, dashed: the paper's Eq. (1)" in section and "dashed = the paper's Eq. (1)" in section

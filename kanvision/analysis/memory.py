@@ -8,7 +8,7 @@ Measurement:
 - CPU (no allocator statistics): saved-tensor accounting. A `saved_tensors_hooks` pair records every
   tensor autograd keeps for backward, de-duplicated by storage; the reported number is
   parameters + gradients + saved activations + the fast KAN kernels' scratch buffers (kept between steps,
-  one per thread and slot, sized by the largest layer call; see kanvision.layers.workspace). It is a
+  one per thread and slot, sized by the largest layer call; see kanvision.kinds.workspace). It is a
   measured lower bound on the step's peak: transient memory freed inside an op is not seen. The method
   is returned with every result.
 
@@ -23,11 +23,16 @@ order S, forward I(1+G+S)B and backward I(G+S-1)B elements, converted to bytes w
 RSWAF layers with G = num_grids, S = 0. This was written as "the limitations paper's counting", but it is NOT the
 paper's Eq. (1): an audit (issue 14) found that its backward term lacks the paper's -O*B, it has no parameter
 term, Eq. (2) is absent and the RSWAF variant is our addition. It is kept, under this label, as a
-per-layer order of magnitude beside the measurements (memory.md's estimate columns). For the paper's own
-equations see `paper_estimate`.
+per-layer order of magnitude beside the measurements (memory.md's estimate columns).
+
+The paper's own count (`paper_estimate`: Eq. (1) term by term, as printed, with Section 3.1's parameter counts
+beside it; `paper_eq2`: its simplified form; `paper_model_estimate`: Eq. (1) summed over a model's B-spline
+layers) is the memory a KAN layer needs BEYOND an FC layer of the same I -> O, in elements, not a whole
+training step: it is drawn beside the measurements in docs/results.md's Figure 4, not subtracted from them.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Any, Callable
 
 import torch
@@ -37,7 +42,8 @@ from torch import nn
 from kanvision.device import synchronize
 from kanvision.kinds.workspace import release_scratch, scratch_bytes
 
-__all__ = ["kan_layer_estimate", "analytic_estimate", "paper_estimate", "measure_step", "memory_sweep",
+__all__ = ["kan_layer_estimate", "analytic_estimate", "paper_estimate", "paper_eq2", "paper_model_estimate",
+           "EQ1_TERMS", "measure_step", "memory_sweep",
            "IMPLS", "impl_layers", "set_kan_impl", "add_mlp_ratios", "memory_table"]
 
 IMPLS = ("fast", "reference")
@@ -47,20 +53,95 @@ PAPER = ('Avik Pal and Dipankar Das, "Understanding the Limitations of B-Spline 
          'Computational Efficiency", NeurIPS 2024 Workshop on Scientific Methods for Understanding Deep Learning')
 
 
-def paper_estimate(in_features: int, out_features: int, rows: int, grid_size: int, spline_order: int) -> dict[str, int]:
-    """Eq. (1) and Eq. (2) of Pal & Das (`PAPER`), in elements: forward, reverse, parameters, total.
+EQ1_TERMS = ("forward_pass", "reverse_pass", "parameter_count")
 
-    NOT IMPLEMENTED, on purpose. The paper's text was not available where this was written: searches of the
-    stored arXiv/web pages and documentation (title, authors, "memory" / "forward" / "reverse" with the layer's
-    symbols) found only a citation of it (in arXiv:2503.10632's references), not its equations. What is known
-    second-hand (issue 14: Eq. (1)'s reverse term contains a -O*B, the paper has a parameter term and an Eq. (2))
-    is not enough to write the equations exactly, and a guessed formula would be tested against itself.
-    Raises NotImplementedError until the equations are copied from the paper (then test them against values
-    worked by hand from the paper's own definitions of I, O, B, G, S).
+
+def _check_counts(fn: str, **counts) -> None:
+    for name, v in counts.items():
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+            raise ValueError(f"{fn}: {name} must be a positive integer, got {v!r}")
+
+
+def paper_estimate(I: int, O: int, B: int, G: int, S: int, *,
+                   element_size: int | None = None) -> dict[str, int | str]:
+    """Eq. (1) of Pal & Das (`PAPER`, Section 3.2) as printed: a B-spline KAN layer's memory beyond an FC layer's.
+
+    I inputs, O outputs, B rows (batch x tokens), grid size G, spline order S; the paper counts efficient-kan's
+    layer (its footnote 2). Unit: elements (floats); `element_size` (bytes per element, e.g. 4 for float32)
+    adds "element_size" and "total_bytes". The three terms, named after the paper's underbraces:
+
+    - "forward_pass", I(1+G+S)B: the KAN forward allocates its input I*B, its output O*B and the basis
+      I*(G+S)*B, against the FC layer's single O*B output.
+    - "reverse_pass", I(G+S-1)B - OB: De Boor's recursion differentiates order S through the order S-1 bases,
+      one extra I*(G+S-1)*B tensor, less the O*B the FC layer caches for its own backward. Negative when
+      O > I(G+S-1), as printed.
+    - "parameter_count", IO(2+G+S) - I(O+1): the KAN layer's parameters (Section 3.1) less the FC layer's,
+      which Eq. (1) writes I*(O+1), while Section 3.1 counts an FC layer O*(I+1) (bias per output). The two
+      differ by I - O (zero for a square layer). Eq. (1) is implemented as printed, since it is what the paper
+      plots (its Figure 1); Section 3.1's counts are returned beside it: "kan_params_sec31" = IO(2+G+S) (base
+      weight, spline weight and spline scaler, the shape of kanvision's BSplineKAN), "fc_params_sec31" =
+      O(I+1), and "parameter_count_sec31" = their difference.
+
+    "total" is the sum of the three terms; `paper_eq2` is the paper's simplified form of that sum.
     """
-    raise NotImplementedError(
-        "paper_estimate: Eq. (1)/(2) of " + PAPER + " were not available to implement exactly; "
-        "kan_layer_estimate is our own (different) count. Copy the equations from the paper to implement this.")
+    _check_counts("paper_estimate", I=I, O=O, B=B, G=G, S=S)
+    terms = {"forward_pass": I * (1 + G + S) * B,
+             "reverse_pass": I * (G + S - 1) * B - O * B,
+             "parameter_count": I * O * (2 + G + S) - I * (O + 1)}
+    out: dict[str, int | str] = dict(terms, total=sum(terms.values()), unit="elements (floats)",
+                                     kan_params_sec31=I * O * (2 + G + S), fc_params_sec31=O * (I + 1),
+                                     parameter_count_sec31=I * O * (2 + G + S) - O * (I + 1))
+    if element_size is not None:
+        _check_counts("paper_estimate", element_size=element_size)
+        out.update(element_size=element_size, total_bytes=out["total"] * element_size)
+    return out
+
+
+def paper_eq2(I: int, O: int, B: int, G: int, S: int) -> int:
+    """Eq. (2) of Pal & Das, the simplified form of Eq. (1): I[2(G+S)B + (G+S+1)O - 1] - OB elements."""
+    _check_counts("paper_eq2", I=I, O=O, B=B, G=G, S=S)
+    return I * (2 * (G + S) * B + (G + S + 1) * O - 1) - O * B
+
+
+def paper_model_estimate(model: nn.Module, example: torch.Tensor, batch_size: int) -> dict:
+    """Eq. (1) summed over the model's B-spline KAN layers at `batch_size` images, each layer with its own I, O,
+    G, S and B = batch_size x its rows per image (found by a forward hook on `example[:1]`).
+
+    Returns the summed terms, "total" and Section 3.1's counts (elements, as `paper_estimate`), "total_bytes"
+    (at the parameter dtype's size) and "layers": one (name, I, O, rows per image, G, S) per layer the forward
+    reaches (others are left out). RSWAF layers are not counted: Eq. (1) is the B-spline count, and the
+    substitution G = num_grids, S = 0 is our own (`kan_layer_estimate`), not the paper's.
+    """
+    from kanvision.layers import BSplineKAN
+    _check_counts("paper_model_estimate", batch_size=batch_size)
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, BSplineKAN)]
+    rows = _rows_per_image(model, example, layers)
+    elem = next(model.parameters()).element_size()
+    out = dict.fromkeys(EQ1_TERMS + ("total", "kan_params_sec31", "fc_params_sec31", "parameter_count_sec31"), 0)
+    shapes = []
+    for name, m in layers:
+        if name not in rows:  # not reached by the forward: no activations, and no B to put in Eq. (1)
+            continue
+        est = paper_estimate(m.in_features, m.out_features, rows[name] * batch_size, m.grid_size, m.spline_order)
+        for k in out:
+            out[k] += est[k]
+        shapes.append((name, m.in_features, m.out_features, rows[name], m.grid_size, m.spline_order))
+    return dict(out, unit="elements (floats)", element_size=elem, total_bytes=out["total"] * elem, layers=shapes)
+
+
+def _rows_per_image(model: nn.Module, example: torch.Tensor, layers) -> dict[str, int]:
+    """Rows each named layer sees for one image (tokens, pixels), from a no-grad forward of `example[:1]`."""
+    rows, hooks = {}, []
+    for name, m in layers:
+        hooks.append(m.register_forward_hook(
+            lambda mod, inp, out, name=name: rows.__setitem__(name, inp[0].numel() // inp[0].shape[-1])))
+    try:
+        with torch.no_grad():
+            model(example[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return rows
 
 
 def kan_layer_estimate(in_features: int, rows: int, grid_size: int, spline_order: int) -> dict[str, int]:
@@ -104,17 +185,8 @@ def set_kan_impl(model: nn.Module, impl: str) -> int:
 
 def analytic_estimate(model: nn.Module, example: torch.Tensor, batch_size: int) -> dict[str, float]:
     """Sum of the per-layer estimate over every KAN layer (bytes), rows per image found by a forward hook."""
-    rows, hooks = {}, []
     layers = list(_kan_layers(model))
-    for name, m, _, _ in layers:
-        hooks.append(m.register_forward_hook(
-            lambda mod, inp, out, name=name: rows.__setitem__(name, inp[0].numel() // inp[0].shape[-1])))
-    try:
-        with torch.no_grad():
-            model(example[:1])
-    finally:
-        for h in hooks:
-            h.remove()
+    rows = _rows_per_image(model, example, [(name, m) for name, m, _, _ in layers])
     elem = next(model.parameters()).element_size()
     fwd = bwd = params = 0
     for name, m, G, S in layers:
