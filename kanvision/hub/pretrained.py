@@ -30,16 +30,24 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 RECIPES = {"kan_mixer_tiny_p4_32": "configs/pretrained/cifar10_kan_mixer_tiny_p4_32.yaml",
            "kan_convmixer_128_8_p4": "configs/pretrained/cifar10_kan_convmixer_128_8_p4.yaml"}
 
-# The model options each shipped tag's weights were trained with; every other option is the model's default.
-TAGS: dict[str, dict[str, Any]] = {
-    "kan_mixer_tiny_p4_32.cifar10_none": {"kan": "none"},
-    "kan_mixer_tiny_p4_32.cifar10_bspline": {"kan": "bspline"},
-    "kan_mixer_tiny_p4_32.cifar10_rswaf": {"kan": "rswaf"},
-    "kan_mixer_tiny_p4_32.cifar10_none_match_bspline": {"kan": "none", "match_params": "bspline"},
-    # The Hessian study's ConvMixer pair (issue 14): MLP (timm's 1x1 conv) vs B-spline channel mixer.
-    "kan_convmixer_128_8_p4.cifar10_none": {"kan": "none"},
-    "kan_convmixer_128_8_p4.cifar10_bspline": {"kan": "bspline"},
-}
+def _tags() -> dict[str, dict[str, Any]]:
+    """<architecture>.cifar10_<suffix>[_seed<s>] -> the model options its weights were trained with (every other
+    option is the model's default). The Mixer recipe is trained for the MLP, every built-in kind, and the MLP sized
+    like the B-spline model; the ConvMixer pair is the Hessian study's (MLP vs B-spline channel mixer). Seed 0 is
+    each recipe's first weight; seed 1 (tag suffix _seed1) the second of the two the weights table averages."""
+    from kanvision.kinds.registry import KINDS
+
+    by_arch = {
+        "kan_mixer_tiny_p4_32": {"none": {"kan": "none"}, **{k: {"kan": k} for k in KINDS},
+                                 "none_match_bspline": {"kan": "none", "match_params": "bspline"}},
+        "kan_convmixer_128_8_p4": {"none": {"kan": "none"}, "bspline": {"kan": "bspline"}},
+    }
+    return {f"{arch}.cifar10_{suffix}{'' if seed == 0 else f'_seed{seed}'}": options
+            for arch, runs in by_arch.items() for suffix, options in runs.items() for seed in SEEDS}
+
+
+SEEDS = (0, 1)
+TAGS: dict[str, dict[str, Any]] = _tags()
 # Options that change the architecture, with the value a tag implies when it does not name them.
 _ARCH_OPTIONS = {"kan": "none", "kan_hidden": None, "kan_kwargs": None, "match_params": None,
                  "kan_token_mixing": False}
