@@ -22,7 +22,7 @@ from kanvision.data.synthetic import SyntheticImages
 __all__ = ["DataError", "ImageDataModule", "SyntheticImages"]
 
 DATASETS = ("cifar10", "cifar100", "imagefolder", "synthetic")
-AUGMENTS = ("cifar", "deit", "none")
+AUGMENTS = ("cifar", "deit", "convmixer", "none")
 CIFAR = {  # torchvision class, folder it unpacks to, archive, stats
     "cifar10": ("CIFAR10", "cifar-10-batches-py", "cifar-10-python.tar.gz", CIFAR10_MEAN, CIFAR10_STD),
     "cifar100": ("CIFAR100", "cifar-100-python", "cifar-100-python.tar.gz", CIFAR100_MEAN, CIFAR100_STD),
@@ -81,7 +81,8 @@ class ImageDataModule(L.LightningDataModule):
             download: CIFAR only: download into root when absent (done once, in prepare_data).
             batch_size: global batch, split evenly across devices.
             img_size: images are resized to img_size x img_size (224 for the patch16_224 models).
-            augment: cifar (random crop, padding img_size/8, + flip) | deit (timm: RandAugment, random erasing) | none.
+            augment: cifar (random crop, padding img_size/8, + flip) | deit (timm: RandAugment, random erasing) |
+                convmixer (flip + torchvision RandAugment(2, 12), locuslab/convmixer-cifar10's recipe) | none.
             val_split: training images held out (seeded by `seed`) for validation and model selection: a count
                 (5000) or a fraction (0.1). Default: 5,000 for CIFAR, 0.1 for image folders, none for synthetic
                 (test data). 0 validates on the test split, which then also picks the "best" checkpoint.
@@ -270,6 +271,14 @@ class ImageDataModule(L.LightningDataModule):
             tf = create_transform(size, is_training=True, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25,
                                   interpolation="bicubic", mean=self.mean, std=self.std)
             return T.Compose([T.ToPILImage(), tf]) if tensor_input else tf
+        if aug == "convmixer":
+            # locuslab/convmixer-cifar10's ~92.5% recipe (README: --scale=1.0 --jitter=0 --reprob=0 --ra-n=2 --ra-m=12):
+            # its RandomResizedCrop at scale (1, 1) and ratio 1 is a plain resize, then flip and torchvision's
+            # RandAugment(2 ops, magnitude 12) on the PIL image.
+            steps = [T.ToPILImage()] if tensor_input else []
+            steps += [T.Resize((size, size), antialias=True), T.RandomHorizontalFlip(),
+                      T.RandAugment(num_ops=2, magnitude=12), T.ToTensor(), T.Normalize(self.mean, self.std)]
+            return T.Compose(steps)
         steps = [T.Resize((size, size), antialias=True)]
         if aug == "cifar":
             steps += [T.RandomCrop(size, padding=max(1, size // 8)), T.RandomHorizontalFlip()]
