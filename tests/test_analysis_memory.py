@@ -247,7 +247,7 @@ def test_set_kan_impl_refuses_what_would_be_wrong():
     with pytest.raises(ValueError, match="impl must be one of"):
         set_kan_impl(nn.Sequential(BSplineKAN(4, 2)), "dense")
     trainable = nn.Sequential(RSWAFKAN(4, 2, train_grid=True))  # impl "reference" by construction
-    with pytest.raises(ValueError, match="fixed RSWAF centres"):
+    with pytest.raises(ValueError, match="fixed basis centres"):
         set_kan_impl(trainable, "fast")
     assert trainable[0].impl == "reference"
     assert set_kan_impl(nn.Sequential(nn.Linear(4, 2)), "fast") == 0

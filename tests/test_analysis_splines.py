@@ -29,7 +29,7 @@ def test_capture_and_plot(tmp_path):
 
 
 def test_non_kan_layer_is_an_error():
-    with pytest.raises(TypeError, match="BSplineKAN or RSWAFKAN"):
+    with pytest.raises(TypeError, match="KAN layer with edge functions"):
         edge_values(nn.Linear(2, 2), torch.randn(3, 2))
 
 

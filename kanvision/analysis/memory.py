@@ -12,7 +12,7 @@ Measurement:
   measured lower bound on the step's peak: transient memory freed inside an op is not seen. The method
   is returned with every result.
 
-Storage modes (`impl`, issue 14): every BSplineKAN / RSWAFKAN layer runs either "fast" (our kernels: the basis
+Storage modes (`impl`, issue 14): every KAN layer with storage modes (B-spline, RSWAF) runs either "fast" (our kernels: the basis
 is rebuilt in backward from the saved input, inside reused scratch buffers) or "reference" (plain autograd, which
 keeps the expanded (N, in, G + S) basis for backward, as efficient-kan does). `set_kan_impl` switches a model's
 layers so both can be measured on the same weights; the reference path allocates no scratch, and `measure_step`
@@ -112,9 +112,8 @@ def paper_model_estimate(model: nn.Module, example: torch.Tensor, batch_size: in
     reaches (others are left out). RSWAF layers are not counted: Eq. (1) is the B-spline count, and the
     substitution G = num_grids, S = 0 is our own (`kan_layer_estimate`), not the paper's.
     """
-    from kanvision.layers import BSplineKAN
     _check_counts("paper_model_estimate", batch_size=batch_size)
-    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, BSplineKAN)]
+    layers = [(n, m) for n, m in _kan_named(model) if _is_spline(m)]
     rows = _rows_per_image(model, example, layers)
     elem = next(model.parameters()).element_size()
     out = dict.fromkeys(EQ1_TERMS + ("total", "kan_params_sec31", "fc_params_sec31", "parameter_count_sec31"), 0)
@@ -150,12 +149,24 @@ def kan_layer_estimate(in_features: int, rows: int, grid_size: int, spline_order
     return {"forward": I * (1 + G + S) * B, "backward": I * (G + S - 1) * B}
 
 
+def _kan_named(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    from kanvision.models import kan_modules
+    kan = {id(m) for m in kan_modules(model)}
+    return [(n, m) for n, m in model.named_modules() if id(m) in kan]
+
+
+def _is_spline(layer: nn.Module) -> bool:
+    """A layer with a spline grid (grid_size G, spline_order S): what Eq. (1) and our estimate count."""
+    return hasattr(layer, "grid_size") and hasattr(layer, "spline_order")
+
+
 def _kan_layers(model: nn.Module):
-    from kanvision.layers import BSplineKAN, RSWAFKAN
-    for name, m in model.named_modules():
-        if isinstance(m, BSplineKAN):
+    """(name, layer, G, S) of the KAN layers our analytic estimate covers: spline layers (G, S), and layers with
+    num_grids basis functions per input (G = num_grids, S = 0: our own substitution)."""
+    for name, m in _kan_named(model):
+        if _is_spline(m):
             yield name, m, m.grid_size, m.spline_order
-        elif isinstance(m, RSWAFKAN):
+        elif hasattr(m, "num_grids"):
             yield name, m, m.num_grids, 0
 
 
@@ -166,17 +177,16 @@ def impl_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def set_kan_impl(model: nn.Module, impl: str) -> int:
     """Set `impl` on every layer `impl_layers` finds; returns how many. ValueError for an unknown mode, or for
-    "fast" on an RSWAF layer with trainable centres or width (its fast kernel treats them as constants, so their
-    gradients would silently be missing); nothing is changed then."""
-    from kanvision.layers import RSWAFKAN
+    "fast" on a layer that says it cannot run it (`fast_supported` False: e.g. RSWAF with trainable centres or width,
+    which its fast kernel treats as constants, so their gradients would silently be missing); nothing is changed
+    then."""
     if impl not in IMPLS:
         raise ValueError(f"set_kan_impl: impl must be one of {IMPLS}, got {impl!r}")
     layers = impl_layers(model)
     if impl == "fast":
-        trainable = [name for name, m in layers if isinstance(m, RSWAFKAN)
-                     and any(isinstance(t, nn.Parameter) for t in (m.rbf.grid, m.rbf.denominator))]
+        trainable = [name for name, m in layers if not getattr(m, "fast_supported", True)]
         if trainable:
-            raise ValueError(f"set_kan_impl: impl 'fast' needs fixed RSWAF centres and width, but {trainable} train "
+            raise ValueError(f"set_kan_impl: impl 'fast' needs fixed basis centres and width, but {trainable} train "
                              "them; only impl 'reference' supports that")
     for _, m in layers:
         m.impl = impl

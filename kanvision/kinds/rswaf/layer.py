@@ -136,6 +136,11 @@ class RSWAFKAN(nn.Module):
                 device=torch.get_default_device() if device is None else device)
         self.reset_parameters()
 
+    @property
+    def fast_supported(self) -> bool:
+        """impl 'fast' treats the centres and width as constants: not with train_grid / train_denominator."""
+        return not any(isinstance(t, nn.Parameter) for t in (self.rbf.grid, self.rbf.denominator))
+
     def reset_parameters(self) -> None:
         """LayerNorm to identity, `spline_linear.weight` as `init` says (see the class docstring)."""
         self.layernorm.reset_parameters()
