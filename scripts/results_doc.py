@@ -344,6 +344,8 @@ def main() -> int:
              "The paper's four KAN counts against the Vision-KAN block layout (timm's Block with its MLP left "
              "unused plus the KAN MLP), `pytest tests/test_table1_layout.py -rxXs`:", "", "```",
              (run / "table1.txt").read_text().strip(), "```", ""]
+    from weights_doc import weights_section
+    lines += weights_section(MANIFEST, figs)
     lines += memory_section(cpu, cuda, curves)
     lines += ["![memory, CPU](figures/memory_vs_batch.png)"]
     if cuda:

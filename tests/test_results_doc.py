@@ -135,3 +135,20 @@ def test_eq1_paragraph_and_finding_follow_the_data():
     assert "was not evaluated" in results_doc.eq1_finding(data, None, {})
     section = "\n".join(results_doc.memory_section(data, None, {"CPU": curves}))
     assert "CPU figure, dashed: the paper's Eq. (1)" in section and "dashed = the paper's Eq. (1)" in section
+
+
+def test_weights_table_averages_the_seeds_of_a_setting():
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    from weights_doc import mean_spread, seed_groups, weights_table
+
+    base = dict(kan="bspline", model_kwargs=None, params=10, trained_on="cpu", val_top1=0.5, test_top5=0.9)
+    entries = [dict(base, tag="m.cifar10_bspline", seed=0, test_top1=0.70),
+               dict(base, tag="m.cifar10_bspline_seed1", seed=1, test_top1=0.74),
+               dict(base, tag="m.cifar10_none", seed=0, kan="none", test_top1=0.75)]
+    groups = seed_groups(entries)
+    assert [len(v) for v in groups.values()] == [2, 1] and list(groups) == [("m", "cifar10_bspline"), ("m", "cifar10_none")]
+    assert mean_spread([0.70, 0.74]) == pytest.approx((0.72, 0.02)) and mean_spread([0.75]) == (0.75, None)
+    rows = weights_table(entries)
+    assert "| m | bspline | 0, 1 | 10 | 50.00% ± 0.00% | 72.00% ± 2.00% |" in rows[2]
+    assert "| m | none | 0 | 10 | 50.00% | 75.00% |" in rows[3]
