@@ -60,11 +60,16 @@ class PretrainedError(CheckpointError):
 # ------------------------------------------------------------------------------------------- locating
 
 def checkpoints_dir() -> Path:
-    """$KANVISION_CHECKPOINTS, else `checkpoints/` next to the kanvision package (the checkout's root)."""
+    """$KANVISION_CHECKPOINTS, else the checkout's `checkpoints/` (beside the kanvision package), else the weights
+    installed with the package (`pip install .` puts checkpoints/ in as kanvision.weights)."""
     env = os.environ.get(ENV)
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[2] / "checkpoints"
+    checkout = Path(__file__).resolve().parents[2] / "checkpoints"
+    if (checkout / MANIFEST_NAME).is_file():
+        return checkout
+    installed = Path(__file__).resolve().parents[1] / "weights"
+    return installed if (installed / MANIFEST_NAME).is_file() else checkout
 
 
 def _where() -> str:
