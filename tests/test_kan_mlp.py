@@ -10,6 +10,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 import kanvision.layers as kl
+from kanvision.kinds import kind_names
 from kanvision.layers import BSplineKAN, KanMlp, RSWAFKAN, kan_mlp_layer
 
 
@@ -89,7 +90,7 @@ def test_dropout_and_norm_follow_timm():
     assert torch.equal(mlp(x), mlp(x))
 
 
-@pytest.mark.parametrize("kind", ["bspline", "rswaf"])
+@pytest.mark.parametrize("kind", kind_names())
 def test_plugs_into_timm_blocks_unchanged(kind):
     torch.manual_seed(1)
     mixer = MixerBlock(16, seq_len=9, mlp_layer=kan_mlp_layer(kind))

@@ -8,6 +8,7 @@ meta, state dicts, double backward for the Hessian, grid updates, parameter matc
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import timm
@@ -27,7 +28,8 @@ ZOO = [("kan_mixer_tiny_p4_32", dict(num_blocks=1)), ("kan_convmixer_256_8", dic
        ("kan_deit_tiny_patch4_32", dict(depth=1))]
 
 
-def layer_of(kind: str, i: int = 6, o: int = 5, **kw) -> nn.Module:
+# Widths are multiples of 8: GR-KAN splits channels into 8 groups.
+def layer_of(kind: str, i: int = 8, o: int = 16, **kw) -> nn.Module:
     torch.manual_seed(0)
     record = get_kind(kind)
     return record.build(i, o, **kw)
@@ -73,7 +75,7 @@ def test_bad_layer_argument_is_one_clear_line(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("i,o", [(6, 5), (16, 24)])
+@pytest.mark.parametrize("i,o", [(8, 16), (24, 8)])
 def test_parameter_formula_equals_the_built_layer(kind, i, o):
     record = get_kind(kind)
     with torch.device("meta"):
@@ -84,8 +86,8 @@ def test_parameter_formula_equals_the_built_layer(kind, i, o):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_float64_gradcheck_on_the_default_path(kind):
-    layer = layer_of(kind, 4, 3).double()
-    x = inputs(kind, 5, 4, torch.float64).requires_grad_()
+    layer = layer_of(kind, 8, 8).double()
+    x = inputs(kind, 3, 8, torch.float64).requires_grad_()
     names = [n for n, p in layer.named_parameters() if p.requires_grad]
     params = [layer.get_parameter(n).detach().clone().requires_grad_() for n in names]
 
@@ -98,7 +100,7 @@ def test_float64_gradcheck_on_the_default_path(kind):
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_autocast_output_is_close_to_float32(kind, dtype):
-    layer = layer_of(kind, 16, 12)
+    layer = layer_of(kind, 16, 24)
     x = inputs(kind, 32, 16)
     want = layer(x)
     with torch.autocast("cpu", dtype=dtype):
@@ -113,8 +115,8 @@ def test_autocast_output_is_close_to_float32(kind, dtype):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_state_dict_round_trip(kind):
-    a = layer_of(kind, 8, 6)
-    b = get_kind(kind).build(8, 6)
+    a = layer_of(kind, 8, 16)
+    b = get_kind(kind).build(8, 16)
     b.load_state_dict(a.state_dict())
     x = inputs(kind, 10, 8)
     assert torch.equal(a(x), b(x))
@@ -124,7 +126,7 @@ def test_state_dict_round_trip(kind):
 def test_torch_compile_traces_without_graph_breaks(kind):
     """fullgraph=True fails on any graph break (a host read such as .item(), data-dependent Python); aot_eager
     runs AOTAutograd's forward and backward graphs without inductor's compile time (test_compile.py runs it)."""
-    layer = layer_of(kind, 8, 6)
+    layer = layer_of(kind, 8, 16)
     compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
     x = inputs(kind, 10, 8).requires_grad_()
     want = layer(x)
@@ -153,7 +155,9 @@ def test_meta_fx_export_and_torchscript(kind):
         program = torch.export.export(model, (x,))
         torch.testing.assert_close(program.module()(x), want, rtol=1e-5, atol=1e-6)
     try:
-        scripted = torch.jit.script(model)
+        with warnings.catch_warnings():  # scripting is deprecated upstream; users are told what to use instead
+            warnings.simplefilter("ignore", FutureWarning)
+            scripted = torch.jit.script(model)
     except TorchScriptUnsupported:
         return  # one clear error naming torch.compile / torch.export instead
     with torch.no_grad():
@@ -163,7 +167,7 @@ def test_meta_fx_export_and_torchscript(kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_basis_flops_are_counted_per_input_value(kind):
     with torch.device("meta"):  # as `kanvision params` counts: shapes only, no kernel runs (nor compiles)
-        layer = get_kind(kind).build(8, 6)
+        layer = get_kind(kind).build(8, 16)
         x = torch.empty(7, 8)
     per_value = get_kind(kind).basis_flops(layer)
     assert isinstance(per_value, int) and per_value > 0
@@ -177,7 +181,7 @@ def test_memory_model_equals_what_autograd_saves_per_row(kind):
     """Kind.memory(layer): floats saved for backward per input row. Measured as the growth of the saved storages
     from N to 2N rows, so per-call constants (a grid, a width) do not count."""
     record = get_kind(kind)
-    layer = layer_of(kind, 16, 12)
+    layer = layer_of(kind, 16, 24)
     sizes = []
     for n in (64, 128):
         x = inputs(kind, n, 16).requires_grad_()
@@ -189,10 +193,10 @@ def test_memory_model_equals_what_autograd_saves_per_row(kind):
 def _hvp_and_finite_difference(kind: str):
     """H v of 0.5 |layer(x)|^2 w.r.t. the weights on the kind's HVP path, and its central difference of gradients."""
     record = get_kind(kind)
-    layer = layer_of(kind, 5, 4).double()
+    layer = layer_of(kind, 8, 8).double()
     if record.hvp_impl is not None:
         layer.impl = record.hvp_impl
-    x = inputs(kind, 9, 5, torch.float64)
+    x = inputs(kind, 9, 8, torch.float64)
     params = [p for p in layer.parameters() if p.requires_grad]
     v = [torch.randn_like(p) for p in params]
 
@@ -202,7 +206,7 @@ def _hvp_and_finite_difference(kind: str):
 
     g = grads()
     hv = torch.autograd.grad(g, params, grad_outputs=v)
-    eps = 1e-5
+    eps = 1e-7  # small: |x|-type kinks (GR-KAN's |b_k|, some near 0 at init) must not fall inside the step
     with torch.no_grad():
         for p, d in zip(params, v):
             p.add_(eps * d)
@@ -258,8 +262,9 @@ def test_every_zoo_model_builds_and_runs_with_every_kind(name, extra, kind):
     model = timm.create_model(name, kan=kind, num_classes=10, **extra)
     counts = count_parameters(model)
     assert counts["kan"] > 0
+    nn.init.normal_(model.get_classifier().weight)  # timm's Mixer zero-inits its head: no gradient would flow
     out = model(torch.randn(2, 3, 32, 32))
-    out.square().mean().backward()
+    out.logsumexp(-1).sum().backward()
     assert out.shape == (2, 10) and torch.isfinite(out).all()
     trainable = [p for p in model.parameters() if p.requires_grad]
     # DDP fails on parameters without gradients: every trainable parameter takes part in the loss.

@@ -11,6 +11,7 @@ from torch import nn
 
 import kanvision  # noqa: F401  (registers the zoo)
 from kanvision.layers import BSplineKAN, RSWAFKAN
+from kanvision.kinds import get_kind, kind_names
 from kanvision.models import checkpoint_filter_fn, count_parameters, kan_modules
 from kanvision.analysis.params import main as params_main
 
@@ -20,6 +21,7 @@ ZOO = [
     "kan_deit_tiny_patch4_32", "kan_deit_small_patch4_32", "kan_deit_base_patch4_32",
     "kan_deit_tiny_patch16_224", "kan_deit_small_patch16_224", "kan_deit_base_patch16_224",
 ]
+# Every size of every family with the first kinds; tests/test_kinds.py runs every registered kind on one size per family.
 KINDS = ["none", "bspline", "rswaf"]
 
 
@@ -98,7 +100,7 @@ def test_kan_options_reach_the_layers():
 
 
 @pytest.mark.parametrize("name", ["kan_mixer_tiny_p4_32", "kan_deit_tiny_patch16_224", "kan_convmixer_256_8"])
-@pytest.mark.parametrize("kind", ["bspline", "rswaf"])
+@pytest.mark.parametrize("kind", [k for k in kind_names() if get_kind(k).match_params])
 def test_match_params_within_one_percent(name, kind):
     kan = n_params(meta_model(name, kan=kind, num_classes=100))
     mlp = n_params(meta_model(name, match_params=kind, num_classes=100))

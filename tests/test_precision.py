@@ -87,7 +87,7 @@ def test_input_gradient_keeps_the_input_dtype():
     assert x.grad.dtype == torch.bfloat16 and torch.isfinite(x.grad).all()
 
 
-@pytest.mark.parametrize("kind", ["bspline", "rswaf"])
+@pytest.mark.parametrize("kind", ["bspline", "rswaf"])  # the fast kernels' double backward (test_kinds: every kind)
 def test_double_backward_under_autocast(kind):
     # Hessian-vector products (the Hessian analysis) through the fast layer under autocast.
     layer = make(kind, None, False)

@@ -26,10 +26,10 @@ ENTRY_POINT_GROUP = "kanvision.kinds"
 KINDS: dict[str, str] = {
     "bspline": "kanvision.kinds.bspline:KIND",
     "rswaf": "kanvision.kinds.rswaf:KIND",
-    # "grkan": "kanvision.kinds.grkan:KIND",  # TEMP-WIRING
-    # "fastkan": "kanvision.kinds.fastkan:KIND",  # TEMP-WIRING
-    # "chebykan": "kanvision.kinds.chebykan:KIND",  # TEMP-WIRING
-    # "kagn": "kanvision.kinds.kagn:KIND",  # TEMP-WIRING
+    "grkan": "kanvision.kinds.grkan:KIND",
+    "fastkan": "kanvision.kinds.fastkan:KIND",
+    "chebykan": "kanvision.kinds.chebykan:KIND",
+    "kagn": "kanvision.kinds.kagn:KIND",
 }
 
 
@@ -159,18 +159,25 @@ def kan_layer_class(kind: str) -> type[nn.Module]:
 
 
 def kan_layer_types() -> tuple[type[nn.Module], ...]:
-    """The layer classes of every kind (for isinstance checks over a model)."""
-    return tuple(get_kind(n).layer for n in kind_names())
+    """The layer classes (and own MLP classes) of every kind, for isinstance checks over a model."""
+    return tuple(c for n in kind_names() for c in _own_classes(get_kind(n)))
+
+
+def _own_classes(kind: Kind) -> tuple[type, ...]:
+    """The classes that count as one KAN unit of this kind: its layer, and its own MLP where it has one (GR-KAN's
+    MLP holds rationals and plain Linear layers, no layer of the kind)."""
+    return (kind.layer,) if kind.mlp is None or not isinstance(kind.mlp, type) else (kind.layer, kind.mlp)
 
 
 def kind_of_layer(module: nn.Module) -> Kind | None:
+    """The kind whose layer (or own MLP) `module` is; None for anything else."""
     for name in kind_names():
         kind = get_kind(name)
-        if type(module) is kind.layer:
+        if type(module) in _own_classes(kind):
             return kind
-    for name in kind_names():  # subclasses of a kind's layer
+    for name in kind_names():  # subclasses of a kind's classes
         kind = get_kind(name)
-        if isinstance(module, kind.layer):
+        if isinstance(module, _own_classes(kind)):
             return kind
     return None
 

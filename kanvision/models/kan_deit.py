@@ -1,8 +1,11 @@
 """DeiT (timm's VisionTransformer, class token, no distillation token) with KAN channel MLPs.
 
-With kan=<a KAN kind> (kanvision.kinds) every block's MLP (dim -> 4 dim -> dim) becomes a KanMlp dim -> kan_hidden ->
-dim through VisionTransformer's `mlp_layer` hook; kan_hidden defaults to dim (DeiT-KAN used 192 at every
-size: pass kan_hidden=192). Attention, norms, drop-path and the head are timm's.
+With kan=<a KAN kind> (kanvision.kinds) every block's MLP (dim -> 4 dim -> dim) becomes the kind's MLP through
+VisionTransformer's `mlp_layer` hook: a KanMlp dim -> kan_hidden -> dim for kinds whose hidden width is "dim"
+(kan_hidden defaults to dim; DeiT-KAN used 192 at every size: pass kan_hidden=192), the kind's own MLP at DeiT's
+4 dim for "mlp" kinds (GR-KAN: kan='grkan' on kan_deit_tiny_patch16_224 is KAT-T, and KAT's released files load
+with pretrained=True, pretrained_cfg_overlay=dict(file=..., num_classes=1000)). Attention, norms, drop-path and the
+head are timm's (KAT's kan_mimetic attention init is not reproduced: loaded weights replace it).
 Two resolutions: patch 4 on 32x32 (CIFAR as is) and patch 16 on 224x224 (CIFAR upsampled, the paper's
 CIFAR-100 table).
 """
@@ -19,7 +22,15 @@ WIDTHS = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}  # embed dim, 
 
 def _filter_fn(state_dict, model):
     # Strip training wrappers, then timm's ViT remapping (e.g. position-embedding resize to a new img_size).
-    return vit_filter_fn(checkpoint_filter_fn(state_dict, model), model)
+    state_dict = vit_filter_fn(checkpoint_filter_fn(state_dict, model), model)
+    head = state_dict.get("head.weight")
+    if head is not None and model.num_classes and head.shape[0] != model.num_classes:
+        # timm drops the head itself only when num_classes differs from the cfg's; a file of another class count
+        # (KAT's ImageNet checkpoints: 1,000) would otherwise stop in load_state_dict with a size-mismatch dump.
+        raise ValueError(f"the weights file has a {head.shape[0]}-class head, the model {model.num_classes}: pass "
+                         f"pretrained_cfg_overlay=dict(file=..., num_classes={head.shape[0]}) to load it whole, or "
+                         "num_classes=N (another count) to fine-tune from it without its head")
+    return state_dict
 
 
 def _create_kan_deit(variant, pretrained=False, kan=None, kan_hidden=None, kan_kwargs=None, match_params=None,

@@ -17,7 +17,6 @@ autocast state of whatever thread runs it.
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -25,25 +24,12 @@ from torch import nn
 from kanvision.kinds.bspline.basis import b_spline_basis
 from kanvision.kinds.bspline.dense import activation_value, dense_features, dense_input_grad
 from kanvision.kinds.bspline.local import SplineSpec, features_eager, input_grad_eager
+from kanvision.kinds.autocast import autocast_dtype, no_autocast  # noqa: F401  (re-exported for old imports)
 from kanvision.kinds.compile import run_compiled, use_compiled
 from kanvision.kinds.workspace import scratch
 
 __all__ = ["BSplineKANFunction", "autocast_dtype", "bspline_kan", "features", "input_grad", "no_autocast"]
 
-_AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps")
-
-
-def autocast_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype the matmul runs in: autocast's for float32/low-precision inputs when it is on, else x's."""
-    dev = x.device.type
-    if dev in _AUTOCAST_DEVICES and torch.is_autocast_enabled(dev) and x.dtype != torch.float64:
-        return torch.get_autocast_dtype(dev)
-    return x.dtype
-
-
-def no_autocast(device_type: str):
-    """Autocast off inside the kernels (their casts are explicit); devices without autocast (meta) need nothing."""
-    return torch.autocast(device_type, enabled=False) if device_type in _AUTOCAST_DEVICES else nullcontext()
 
 
 def _traced() -> bool:

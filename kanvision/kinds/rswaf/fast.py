@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from kanvision.kinds.bspline.fast import autocast_dtype, no_autocast
+from kanvision.kinds.autocast import autocast_dtype, no_autocast
 from kanvision.kinds.compile import run_compiled, use_compiled
 from kanvision.kinds.rswaf.basis import dense_basis, dense_basis_backward, rswaf_basis
 from kanvision.kinds.workspace import scratch
