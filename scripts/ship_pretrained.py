@@ -88,14 +88,22 @@ def table_rows(manifest: dict) -> list[str]:
     return rows
 
 
+def readme_table_rows(manifest: dict) -> list[str]:
+    """The README's short form of the table: what a newcomer compares (the docs' checkpoints page has every column)."""
+    rows = ["| tag | kan | params | val top-1 | test top-1 |", "|---|---|---:|---:|---:|"]
+    for e in manifest["entries"]:
+        rows.append(f"| `{e['tag']}` | {e['kan']} | {e['params']:,} | {e['val_top1']:.2%} | {e['test_top1']:.2%} |")
+    return rows
+
+
 def write_readme_table(manifest: dict, readme: Path) -> None:
-    """The same table in the main README's model-zoo section, between its pretrained-table markers."""
+    """The short table in the main README, between its pretrained-table markers."""
     start, end = "<!-- pretrained-table -->", "<!-- /pretrained-table -->"
     text = readme.read_text()
     if start not in text or end not in text:
         raise SystemExit(f"{readme}: no {start} ... {end} block for the table")
     head, rest = text.split(start, 1)
-    readme.write_text(head + start + "\n" + "\n".join(table_rows(manifest)) + "\n" + end + rest.split(end, 1)[1])
+    readme.write_text(head + start + "\n" + "\n".join(readme_table_rows(manifest)) + "\n" + end + rest.split(end, 1)[1])
 
 
 def write_table(manifest: dict, path: Path) -> None:
@@ -126,7 +134,7 @@ def write_table(manifest: dict, path: Path) -> None:
     lines += ["", "Validation top-1 per epoch:", ""]
     for e in manifest["entries"]:
         lines.append(f"- `{e['tag']}`: " + ", ".join(f"{v:.1%}" for v in e["val_curve"]))
-    lines += ["", "Load: `timm.create_model(\"<tag>\", pretrained=True)` (README, Checkpoints and pretrained loading).", ""]
+    lines += ["", "Load: `timm.create_model(\"<tag>\", pretrained=True)` (README; docs/checkpoints.md).", ""]
     path.write_text("\n".join(lines))
 
 

@@ -8,6 +8,10 @@ from kanvision.kinds.registry import get_kind, kind_names
 __all__ = ["kinds_table", "main"]
 
 
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|")  # a formula's |x| must not split the markdown row
+
+
 def kinds_table(in_features: int = 192, out_features: int = 192) -> str:
     rows = [f"| kind | name | y = | params per layer {in_features} -> {out_features} | MLP hidden | fast path | "
             "grid update | defaults | published code |", "|---|---|---|---:|---|---|---|---|---|"]
@@ -15,8 +19,9 @@ def kinds_table(in_features: int = 192, out_features: int = 192) -> str:
         k = get_kind(name)
         defaults = ", ".join(f"{a}={v!r}" for a, v in k.defaults.items()) or "published"
         hidden = "host MLP's (e.g. 4 dim)" if k.hidden == "mlp" else "dim"
-        rows.append(f"| `{k.name}` | {k.title} | {k.formula} | {k.params(in_features, out_features, dict(k.defaults)):,} "
-                    f"| {hidden} | {k.fused or 'eager'} | {'yes' if k.grid_update else 'no'} | {defaults} | {k.source} |")
+        rows.append(f"| `{k.name}` | {_cell(k.title)} | {_cell(k.formula)} | "
+                    f"{k.params(in_features, out_features, dict(k.defaults)):,} | {hidden} | {k.fused or 'eager'} | "
+                    f"{'yes' if k.grid_update else 'no'} | {_cell(defaults)} | {_cell(k.source)} |")
     return "\n".join(rows)
 
 
