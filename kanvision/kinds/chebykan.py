@@ -25,33 +25,12 @@ import torch
 from torch import nn
 
 from kanvision.kinds.autocast import autocast_dtype, no_autocast
-from kanvision.kinds.compile import run_compiled, use_compiled
+from kanvision.kinds.kernels import math_dtype, scratch_kernel
 from kanvision.kinds.registry import Kind
 from kanvision.kinds.scripting import no_torchscript
 from kanvision.kinds.workspace import scratch
 
 __all__ = ["KIND", "ChebyKANFunction", "ChebyKANLayer", "basis_flops", "chebyshev_basis"]
-
-
-def _math_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
-def _kernel(fn, tag: str, args: tuple, out_shape, out_dtype, compile, variant: tuple = ()):
-    """fn(*args): plain ops inside torch.compile(model) / export / meta; compiled into scratch slot 1 when the
-    layer compiles; eager otherwise. The scratch result is valid until the next kernel call: consume it at once."""
-    lead = args[0]
-    if torch.compiler.is_compiling() or lead.device.type == "meta":
-        return fn(*args)
-    if use_compiled(compile, lead.device):
-        args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
-        out = scratch(out_shape, out_dtype, lead.device, slot=1)
-        key = (tag, *variant, lead.dtype, out_dtype, lead.device.type, torch.is_inference_mode_enabled())
-        dyn = tuple((a, (0,)) for a in (*args, out) if isinstance(a, torch.Tensor) and a.dim() >= 2)
-        result = run_compiled(fn, key, args, {"out": out}, dyn)
-        if result is not None:
-            return result
-    return fn(*args)
 
 
 # The kernels update their own intermediates in place (fewer temporaries in eager mode; the compiler sees
@@ -71,14 +50,14 @@ def chebyshev_basis(x: torch.Tensor, degree: int) -> torch.Tensor:
 
 def features(x, degree: int, out_dtype: torch.dtype, out=None):
     """The (N, in, degree + 1) basis in out_dtype (float32 / float64 arithmetic), into `out` when given."""
-    b = torch.stack(_polys(torch.tanh(x.to(_math_dtype(x))), degree), -1).to(out_dtype)
+    b = torch.stack(_polys(torch.tanh(x.to(math_dtype(x))), degree), -1).to(out_dtype)
     return b if out is None else out.copy_(b)
 
 
 def features_backward(x, gb, degree: int, out=None):
     """(basis in gb's dtype [into `out`], dL/dx) from the basis gradient gb (N, in, degree + 1):
     T'_0 = 0, T'_1 = 1, T'_d = 2 T_{d-1} + 2 t T'_{d-1} - T'_{d-2};  dt/dx = 1 - t^2."""
-    dtype = _math_dtype(x)
+    dtype = math_dtype(x)
     t = torch.tanh(x.to(dtype))
     polys = _polys(t, degree)
     g = gb.to(dtype)
@@ -106,7 +85,7 @@ class ChebyKANFunction(torch.autograd.Function):
     def forward(ctx, x, coeffs, degree, compile, cdtype):
         n, width = x.shape
         with no_autocast(x.device.type):
-            b = _kernel(features, "features", (x, degree, cdtype), (n, width, degree + 1), cdtype, compile,
+            b = scratch_kernel(features, "features", (x, degree, cdtype), (n, width, degree + 1), cdtype, compile,
                         (width, degree))
             y = torch.mm(b.flatten(1), _weight(coeffs, cdtype).t())
         ctx.save_for_backward(x, coeffs)
@@ -134,7 +113,7 @@ class ChebyKANFunction(torch.autograd.Function):
             else:
                 gb = scratch((n, width, degree + 1), cdtype, x.device)
                 torch.mm(grad_out, w, out=gb.flatten(1))
-            b, gx = _kernel(features_backward, "backward", (x, gb, degree), gb.shape, cdtype, compile, (width, degree))
+            b, gx = scratch_kernel(features_backward, "backward", (x, gb, degree), gb.shape, cdtype, compile, (width, degree))
             gc = None
             if need[1]:  # (out, in (D + 1)) -> (in, out, D + 1)
                 gc = torch.mm(grad_out.t(), b.flatten(1)).view(-1, width, degree + 1).permute(1, 0, 2)

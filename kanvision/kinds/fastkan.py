@@ -26,34 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from kanvision.kinds.autocast import autocast_dtype, no_autocast
-from kanvision.kinds.compile import run_compiled, use_compiled
+from kanvision.kinds.kernels import math_dtype, scratch_kernel
 from kanvision.kinds.registry import Kind
 from kanvision.kinds.scripting import no_torchscript
 from kanvision.kinds.workspace import scratch
 
 __all__ = ["KIND", "FastKANFunction", "FastKANLayer", "RadialBasisFunction", "SplineLinear", "basis_flops"]
-
-
-def _math_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
-def _kernel(fn, tag: str, args: tuple, out_shape, out_dtype, compile, variant: tuple = ()):
-    """fn(*args): plain ops inside torch.compile(model) / export / meta; compiled into scratch slot 1 when the
-    layer compiles; eager otherwise. The scratch result is valid until the next kernel call: consume it at once."""
-    lead = args[0]
-    if torch.compiler.is_compiling() or lead.device.type == "meta":
-        return fn(*args)
-    if use_compiled(compile, lead.device):
-        # No autograd inside; requires_grad differs between passes and would recompile.
-        args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
-        out = scratch(out_shape, out_dtype, lead.device, slot=1)
-        key = (tag, *variant, lead.dtype, out_dtype, lead.device.type, torch.is_inference_mode_enabled())
-        dyn = tuple((a, (0,)) for a in (*args, out) if isinstance(a, torch.Tensor) and a.dim() >= 2)
-        result = run_compiled(fn, key, args, {"out": out}, dyn)
-        if result is not None:
-            return result
-    return fn(*args)
 
 
 # The kernels update their own intermediates in place (fewer (N, in, G) temporaries in eager mode; the compiler
@@ -64,7 +42,7 @@ def _scaled_distance(u: torch.Tensor, grid: torch.Tensor, h: float, dtype: torch
 
 def features(u, x, grid, h: float, out_dtype: torch.dtype, out=None):
     """(basis (N, in, G) in out_dtype [written into `out` when given], SiLU(x) in out_dtype or None)."""
-    dtype = _math_dtype(u)
+    dtype = math_dtype(u)
     z = _scaled_distance(u, grid, h, dtype)
     b = z.mul_(z).neg_().exp_().to(out_dtype)
     s = None if x is None else F.silu(x.to(dtype)).to(out_dtype)
@@ -75,7 +53,7 @@ def features_backward(u, x, gb, gs, grid, h: float, out=None):
     """(basis in gb's dtype [into `out`], SiLU(x) in gb's dtype, dL/du, dL/dx of the base branch) from the basis
     gradient gb (N, in, G) and the SiLU(x) gradient gs. d exp(-z^2)/du = -2 z exp(-z^2) / h;
     SiLU'(x) = s (1 + x (1 - s)), s = sigmoid(x). Float32 (float64) arithmetic for any feature dtype."""
-    dtype = _math_dtype(u)
+    dtype = math_dtype(u)
     z = _scaled_distance(u, grid, h, dtype)
     b = z.square().neg_().exp_()
     gu = (gb.to(dtype) * b).mul_(z).sum(-1).mul_(-2.0 / h)
@@ -108,7 +86,7 @@ class FastKANFunction(torch.autograd.Function):
         n, width = u.shape
         with no_autocast(u.device.type):  # every cast below is explicit
             shape = (n, width, grid.numel())
-            b, s = _kernel(features, "features", (u, x, grid, h, cdtype), shape, cdtype, compile,
+            b, s = scratch_kernel(features, "features", (u, x, grid, h, cdtype), shape, cdtype, compile,
                            (width, grid.numel(), h, x is None))
             y = torch.mm(b.flatten(1), spline_weight.to(cdtype).t())
             if x is not None:
@@ -140,7 +118,7 @@ class FastKANFunction(torch.autograd.Function):
                 gb = scratch((n, width, g_count), cdtype, u.device)
                 torch.mm(grad_out, ws.to(cdtype), out=gb.flatten(1))
             gs = None if x is None else torch.mm(grad_out, wb.to(cdtype))
-            b, s, gu, gx = _kernel(features_backward, "backward", (u, x, gb, gs, grid, h), gb.shape, cdtype, compile,
+            b, s, gu, gx = scratch_kernel(features_backward, "backward", (u, x, gb, gs, grid, h), gb.shape, cdtype, compile,
                                    (width, g_count, h, x is None))
             gws = torch.mm(grad_out.t(), b.flatten(1)).to(ws.dtype) if need[2] else None
             gwb = torch.mm(grad_out.t(), s).to(wb.dtype) if x is not None and need[3] else None

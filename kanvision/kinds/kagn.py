@@ -30,33 +30,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from kanvision.kinds.autocast import autocast_dtype, no_autocast
-from kanvision.kinds.compile import run_compiled, use_compiled
+from kanvision.kinds.kernels import math_dtype, scratch_kernel
 from kanvision.kinds.registry import Kind
 from kanvision.kinds.scripting import no_torchscript
 from kanvision.kinds.workspace import scratch
 
 __all__ = ["KIND", "KAGNFunction", "KAGNLayer", "basis_flops", "beta_coefficient", "gram_basis"]
-
-
-def _math_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
-def _kernel(fn, tag: str, args: tuple, out_shape, out_dtype, compile, variant: tuple = ()):
-    """fn(*args): plain ops inside torch.compile(model) / export / meta; compiled into scratch slot 1 when the
-    layer compiles; eager otherwise. The scratch result is valid until the next kernel call: consume it at once."""
-    lead = args[0]
-    if torch.compiler.is_compiling() or lead.device.type == "meta":
-        return fn(*args)
-    if use_compiled(compile, lead.device):
-        args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
-        out = scratch(out_shape, out_dtype, lead.device, slot=1)
-        key = (tag, *variant, lead.dtype, out_dtype, lead.device.type, torch.is_inference_mode_enabled())
-        dyn = tuple((a, (0,)) for a in (*args, out) if isinstance(a, torch.Tensor) and a.dim() >= 2)
-        result = run_compiled(fn, key, args, {"out": out}, dyn)
-        if result is not None:
-            return result
-    return fn(*args)
 
 
 def beta_coefficient(n: int, m: int) -> float:
@@ -79,7 +58,7 @@ def gram_basis(x: torch.Tensor, beta_weights: torch.Tensor, degree: int) -> torc
 
 def features(x, beta_weights, degree: int, out_dtype: torch.dtype, out=None):
     """[SiLU(x), SiLU(P_0(z)), .., SiLU(P_D(z))], z = tanh x: (N, in, D + 2) in out_dtype, into `out` if given."""
-    xs = x.to(_math_dtype(x))
+    xs = x.to(math_dtype(x))
     polys = _polys(torch.tanh(xs), beta_weights, degree)
     f = torch.stack([F.silu(xs)] + [F.silu(p) for p in polys], -1).to(out_dtype)
     return f if out is None else out.copy_(f)
@@ -97,7 +76,7 @@ def features_backward(x, beta_weights, gf, degree: int, out=None):
     with a_d = dL/dP_d complete when d is reached: a_{d-1} += z a_d, a_{d-2} -= k_d w_{d-1} a_d,
     dL/dz += a_d P_{d-1}, dL/dw_{d-1} = -k_d sum(a_d P_{d-2}); then dL/dz += a_1, dL/dx = dL/dz (1 - z^2) plus the
     base branch's g_0 SiLU'(x)."""
-    dtype = _math_dtype(x)
+    dtype = math_dtype(x)
     xs = x.to(dtype)
     z = torch.tanh(xs)
     polys = _polys(z, beta_weights, degree)
@@ -140,7 +119,7 @@ class KAGNFunction(torch.autograd.Function):
     def forward(ctx, x, base_weights, grams, beta_weights, degree, compile, cdtype):
         n, width = x.shape
         with no_autocast(x.device.type):
-            f = _kernel(features, "features", (x, beta_weights, degree, cdtype), (n, width, degree + 2), cdtype,
+            f = scratch_kernel(features, "features", (x, beta_weights, degree, cdtype), (n, width, degree + 2), cdtype,
                         compile, (width, degree))
             y = torch.mm(f.flatten(1), _weight(base_weights, grams, cdtype).t())
         ctx.save_for_backward(x, base_weights, grams, beta_weights)
@@ -171,7 +150,7 @@ class KAGNFunction(torch.autograd.Function):
             else:
                 gf = scratch((n, width, slots), cdtype, x.device)
                 torch.mm(grad_out, w, out=gf.flatten(1))
-            f, gx, gbeta = _kernel(features_backward, "backward", (x, beta, gf, degree), gf.shape, cdtype, compile,
+            f, gx, gbeta = scratch_kernel(features_backward, "backward", (x, beta, gf, degree), gf.shape, cdtype, compile,
                                    (width, degree))
             gwb = ggrams = None
             if need[1] or need[2]:
