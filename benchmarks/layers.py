@@ -14,6 +14,12 @@ above 32 MB is new mmapped memory, which made that floor slower and our ratios l
 give each layer's time over the plain nn.Linear(in, out) of the unexpanded width (the MLP layer row).
 Peers (`pip install -e .[bench]`): flashkan and inkan KANLayer, uniform cubic B-spline, grid 5, their
 defaults (both torch.compile their basis).
+
+A second table (CUDA only; on the CPU each of its rows says "not run on a GPU") times the fused Triton kernels
+(compile="triton": kinds/bspline/triton.py, kinds/rswaf/triton.py) under bf16 autocast at 8192 x 192 -> 192 and
+32768 x 192 -> 768 (`--kernel-shapes`), beside today's compiled kernels and flashkan under the same autocast,
+against the dense floor: the three bf16 matmuls of a training step (y = X W^T, dW = dY^T X, dX = dY W) on a
+materialised X of in * width columns. A Triton row whose kernels failed and fell back says so.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import statistics
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 import torch
@@ -35,6 +42,7 @@ from kanvision.layers import BSplineKAN, RSWAFKAN
 from kanvision.kinds.workspace import release_scratch, scratch_bytes
 
 SHAPES = [(8192, 192, 192), (4096, 384, 1536), (16384, 64, 256)]
+KERNEL_SHAPES = [(8192, 192, 192), (32768, 192, 768)]  # issue 23: fused kernels <= 1.3x this dense floor
 GRID, ORDER, RSWAF_GRIDS = 5, 3, 8
 
 
@@ -168,6 +176,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=None, help="comma-separated substrings of row labels to run")
     ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")), help="'' to not write")
     ap.add_argument("--note", default="", help="free text added to the method (e.g. machine load)")
+    ap.add_argument("--kernel-shapes", default=None, help="shapes of the Triton kernel table (CUDA only), as --shapes")
     args = ap.parse_args(argv)
     if args.threads < 1 or args.runs < 1 or args.warmup < 0:
         raise SystemExit("--threads and --runs must be >= 1, --warmup >= 0")
@@ -241,10 +250,104 @@ def main(argv=None) -> int:
             lines.append(row)
     lines += ["", *summary(results, shapes)]
     print("\n".join(summary(results, shapes)))
+    try:
+        kshapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.kernel_shapes.split(",")] \
+            if args.kernel_shapes else KERNEL_SHAPES
+        assert all(len(s) == 3 for s in kshapes)
+    except (ValueError, AssertionError):
+        raise SystemExit(f"--kernel-shapes must look like 8192x192x192[,...], got {args.kernel_shapes!r}")
+    lines += ["", *kernel_table(kshapes, args, device)]
     if args.out:
         Path(args.out).write_text("\n".join(lines) + "\n")
         print(f"\nwritten to {args.out}")
     return 0
+
+
+def kernel_rows(i: int) -> list[tuple[str, int, object]]:
+    """(label, floor width or 0, builder): the Triton kernel table's rows; a floor row precedes its kind's rows."""
+    wb = GRID + ORDER + 1
+    return [
+        (f"floor B-spline: bf16 matmuls, {i}*{wb} wide", wb, None),
+        ("B-spline triton (compile='triton')", 0, lambda a, b: BSplineKAN(a, b, compile="triton")),
+        ("B-spline compiled (compile=True, today's path)", 0, lambda a, b: BSplineKAN(a, b, compile=True)),
+        ("flashkan KANLayer", 0, peer("flashkan")),
+        (f"floor RSWAF: bf16 matmuls, {i}*{RSWAF_GRIDS} wide", RSWAF_GRIDS, None),
+        ("RSWAF triton (compile='triton')", 0, lambda a, b: RSWAFKAN(a, b, compile="triton")),
+        ("RSWAF compiled (compile=True, today's path)", 0, lambda a, b: RSWAFKAN(a, b, compile=True)),
+    ]
+
+
+def bf16_floor(n: int, width: int, out: int, runs: int, warmup: int, device) -> dict:
+    """Median ms of y = X W^T (forward) and of the three matmuls of a training step, all bf16 (fp32 accumulate)."""
+    gen = dict(device=device, dtype=torch.bfloat16)
+    x, w, g = torch.randn(n, width, **gen), torch.randn(out, width, **gen), torch.randn(n, out, **gen)
+
+    def step():
+        torch.mm(x, w.t())
+        torch.mm(g.t(), x)
+        torch.mm(g, w)
+
+    return {"fwd": median_ms(lambda: torch.mm(x, w.t()), runs, warmup, device),
+            "step": median_ms(step, runs, warmup, device)}
+
+
+def autocast_row(build, n, i, out, runs, warmup, device) -> dict:
+    """bench_row's two timings with forward under bf16 autocast (float32 parameters, inputs and cotangent)."""
+    torch.manual_seed(0)
+    layer = build(i, out).to(device)
+    x = (torch.rand(n, i) * 2.4 - 1.2).to(device).requires_grad_()
+    grad = torch.randn(n, out).to(device)
+
+    def fwd():
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
+            layer(x)
+
+    def step():
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            y = layer(x)
+        y.backward(grad.to(y.dtype))
+
+    with warnings.catch_warnings(record=True) as caught:  # a Triton row that fell back says so (see kernel_table)
+        warnings.simplefilter("always")
+        step()  # compiles (Triton, inductor) and autotunes outside the timers
+        fwd()
+    said = [str(w.message) for w in caught if "triton" in str(w.message).lower()]
+    return {"fwd": median_ms(fwd, runs, warmup, device), "step": median_ms(step, runs, warmup, device),
+            "fell_back": said[0] if said else None}
+
+
+def kernel_table(shapes, args, device) -> list[str]:
+    """The fused-kernel table (see the module doc): printed as it goes, returned for the results file."""
+    lines = ["## Fused Triton kernels, bf16 autocast (CUDA)", "",
+             "| shape (N, in->out) | implementation | forward ms | fwd+bwd ms | fwd+bwd / bf16 floor |",
+             "|---|---|---:|---:|---:|"]
+    print("\n" + "\n".join(lines), flush=True)
+    for n, i, o in shapes:
+        floor = None
+        for label, width, build in kernel_rows(i):
+            if args.only and not width and not any(s.strip() in label for s in args.only.split(",")):
+                continue
+            if device.type != "cuda":
+                row = f"| {n}, {i}->{o} | {label} | not run on a GPU | | |"
+            else:
+                try:
+                    if width:
+                        r = floor = bf16_floor(n, i * width, o, args.runs, args.warmup, device)
+                    else:
+                        r = autocast_row(build, n, i, o, args.runs, args.warmup, device)
+                    fell = r.get("fell_back") if "triton" in label else None
+                    ratio = f"{r['step'] / floor['step']:.2f}" if floor and not width else ""
+                    row = (f"| {n}, {i}->{o} | {label}{f' (FELL BACK: {fell})' if fell else ''} | {r['fwd']:.2f} | "
+                           f"{r['step']:.2f} | {ratio} |")
+                except Exception as e:  # noqa: BLE001 - a peer or kernel that cannot run is reported, not fatal
+                    traceback.print_exc(file=sys.stderr)
+                    why = str(e).splitlines()[0][:120] if str(e) else ""
+                    row = f"| {n}, {i}->{o} | {label} | failed: {type(e).__name__}: {why} | | |"
+            print(row, flush=True)
+            lines.append(row)
+    return lines
 
 
 def summary(results: dict, shapes) -> list[str]:

@@ -28,6 +28,38 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _input_error_line(e: Exception) -> str | None:
+    """One line for an error raised inside Lightning by what the user asked for, or None (a bug: keep the traceback).
+
+    Lightning's MisconfigurationException is its "you asked for something this machine or setup cannot do"
+    (an accelerator it does not have, too many devices...). An UnpicklingError from a weights-only load is a
+    checkpoint refused because unpickling it could run code (LightningCLI reads --ckpt_path with
+    torch.load(weights_only=True) before anything else; kanvision.hub.safe_load explains)."""
+    import pickle
+    import re
+
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    text = " ".join(str(e).split())
+    if isinstance(e, MisconfigurationException):
+        if text.startswith("No supported gpu backend found"):
+            from kanvision.device import DeviceError, resolve_device
+            try:
+                resolve_device("cuda")
+            except DeviceError as why:
+                # "device 'cuda' asked for, but no CUDA device is usable here (...); use --device cpu"
+                reason = str(why).split("asked for, but ", 1)[-1].replace("--device", "--trainer.accelerator")
+                return f"--trainer.accelerator gpu: {reason}"
+        return text
+    if isinstance(e, pickle.UnpicklingError) and "weights only load failed" in text.lower():
+        found = re.search(r"GLOBAL (\S+)", text)
+        named = f" ({found.group(1)})" if found else ""
+        return (f"refused to load a checkpoint: it holds Python objects other than tensors and plain data{named}, and "
+                "unpickling them could run code from the file; kanvision reads checkpoints with "
+                "torch.load(weights_only=True) only")
+    return None
+
+
 def main(args: list[str] | None = None):
     """Python callers get what the tool returns (analyze returns its results); the shell an exit status."""
     from_shell = args is None
@@ -36,6 +68,8 @@ def main(args: list[str] | None = None):
         print(_usage())
         return
     command = args[0]
+    from kanvision._quiet import install
+    install()  # torch / Lightning messages a user cannot act on (kanvision/_quiet.py lists them)
     if command in TOOLS:
         module, func, _ = TOOLS[command]
         result = getattr(importlib.import_module(module), func)(args[1:])
@@ -44,7 +78,13 @@ def main(args: list[str] | None = None):
         return result
     if command in LIGHTNING_COMMANDS or command.startswith("-"):
         from kanvision.train.cli import lightning_main
-        lightning_main(args)
+        try:
+            lightning_main(args)
+        except Exception as e:  # noqa: BLE001 - only the user-input errors below become one line; others re-raise
+            line = _input_error_line(e)
+            if line is None:
+                raise
+            raise SystemExit(f"kanvision: error: {line}") from None
         return None
     raise SystemExit(f"kanvision: unknown command {command!r}\n\n{_usage()}")
 

@@ -24,6 +24,7 @@ import yaml
 
 from kanvision.hub.checkpoints import export, load_pretrained
 from kanvision.hub.pretrained import RECIPES, TAGS
+from kanvision.train.atomic import atomic_write_text  # a full disk keeps the previous manifest and tables whole
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the fixed-subset scorer is the shipped-weights test's own fixture
@@ -103,7 +104,7 @@ def write_readme_table(manifest: dict, readme: Path) -> None:
     if start not in text or end not in text:
         raise SystemExit(f"{readme}: no {start} ... {end} block for the table")
     head, rest = text.split(start, 1)
-    readme.write_text(head + start + "\n" + "\n".join(readme_table_rows(manifest)) + "\n" + end + rest.split(end, 1)[1])
+    atomic_write_text(readme, head + start + "\n" + "\n".join(readme_table_rows(manifest)) + "\n" + end + rest.split(end, 1)[1])
 
 
 def write_table(manifest: dict, path: Path) -> None:
@@ -135,7 +136,7 @@ def write_table(manifest: dict, path: Path) -> None:
     for e in manifest["entries"]:
         lines.append(f"- `{e['tag']}`: " + ", ".join(f"{v:.1%}" for v in e["val_curve"]))
     lines += ["", "Load: `timm.create_model(\"<tag>\", pretrained=True)` (README; docs/checkpoints.md).", ""]
-    path.write_text("\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))
 
 
 def main() -> None:
@@ -182,7 +183,7 @@ def main() -> None:
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"entries": []}
     manifest["entries"] = [e for e in manifest["entries"] if e["tag"] != args.tag] + [entry]
     manifest["entries"].sort(key=lambda e: e["tag"])
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
     write_table(manifest, args.out / "README.md")
     write_readme_table(manifest, ROOT / "README.md")
     print(json.dumps({k: v for k, v in entry.items() if k not in ("dataset",)}, indent=2))

@@ -130,15 +130,15 @@ def test_refuses_to_overwrite_a_different_export(tmp_path):
 
 
 def test_interrupted_export_leaves_nothing(tmp_path, monkeypatch):
-    import safetensors.torch as st
+    from kanvision.train import atomic
     make_ckpt(tmp_path / "a.ckpt")
+    write = atomic._Recording.write
 
-    def dies(tensors, filename, metadata=None):
-        with open(filename, "wb") as f:
-            f.write(b"half a file")
+    def dies(self, data):  # half of the weights reach the disk, then Ctrl-C
+        write(self, bytes(data)[:len(data) // 2])
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(st, "save_file", dies)
+    monkeypatch.setattr(atomic._Recording, "write", dies)
     with pytest.raises(KeyboardInterrupt):
         C.export(tmp_path / "a.ckpt", tmp_path / "exp")
     assert list((tmp_path / "exp").iterdir()) == []
@@ -168,9 +168,14 @@ def test_truncated_or_foreign_ckpt(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
     with pytest.raises(CheckpointError, match=r"foreign\.ckpt: no 'kanvision' record"):
         C.export(tmp_path / "foreign.ckpt", tmp_path / "exp")
+    # A class in the record is a Python object a weights-only load refuses (tests/test_safe_loading.py) ...
     make_ckpt(tmp_path / "obj.ckpt", model_kwargs={"act_layer": nn.GELU})
-    with pytest.raises(CheckpointError, match=r"obj\.ckpt: its 'kanvision' record does not fit in config.json"):
+    with pytest.raises(CheckpointError, match=r"obj\.ckpt: refused: .*torch\.nn\.modules\.activation\.GELU"):
         C.export(tmp_path / "obj.ckpt", tmp_path / "exp")
+    # ... plain data that JSON cannot hold (bytes) loads, and is refused by the export's config check.
+    make_ckpt(tmp_path / "bytes.ckpt", model_kwargs={"tag": b"\x00"})
+    with pytest.raises(CheckpointError, match=r"bytes\.ckpt: its 'kanvision' record does not fit in config.json"):
+        C.export(tmp_path / "bytes.ckpt", tmp_path / "exp")
     assert not (tmp_path / "exp").exists()
     with pytest.raises(CheckpointError, match="no such file"):
         C.load_pretrained(tmp_path / "nothing")

@@ -130,13 +130,15 @@ def test_shell_gets_an_exit_status_not_the_tools_result(monkeypatch):
 
 
 def test_diverging_run_stops_and_is_marked(tmp_path):
-    """lr 1e4: the loss turns NaN; training stops there with one line, non-zero exit and status.json."""
+    """lr 1e4: the loss turns NaN; training stops there with one line, non-zero exit and status.json.
+    (No validation before it: a validation of those weights would stop the run first, as validation diverged,
+    tests/test_faults.py.)"""
     import json
     cfg = write_config(tmp_path, trainer__max_epochs=4)
     with pytest.raises(SystemExit) as e:
         main(["fit", "--config", cfg, f"--trainer.default_root_dir={tmp_path}", "--name=div",
               "--model.optimizer=torch.optim.SGD", "--model.optimizer.init_args.lr=1e4", "--model.lr_scheduler=null",
-              "--trainer.gradient_clip_val=1"])
+              "--trainer.gradient_clip_val=1", "--trainer.check_val_every_n_epoch=4"])
     msg = str(e.value.code)
     # Clipping is on, so the advice is the learning rate alone.
     assert re.fullmatch(r"kanvision: error: training diverged: loss (nan|inf|-inf) at step \d+ \(epoch \d\), last finite "

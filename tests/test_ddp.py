@@ -120,3 +120,140 @@ def test_ddp_two_cpu_processes(tmp_path):
         assert torch.equal(g0[key], g1[key]), key
     grids = [v for k, v in g0.items() if k.endswith(".grid")]
     assert all(not torch.allclose(g, uniform_knots(g.shape[0], 5, 3, (-1, 1))) for g in grids)
+
+
+# ------------------------------------------------------------------------------ every image once (issue 25, item 9)
+
+N_TEST = 10_001  # odd, and not a multiple of 3: Lightning's DistributedSampler would pad 1 image on 2 and 3 ranks
+
+
+class CountProbe(L.Callback):
+    """Per rank, for `kanvision test`: the indices its sampler yields, the images it scored, its correct count and
+    loss sum, the count its test/acc1 metric accumulated (tp + fn: one per image), and the logged metrics."""
+
+    def __init__(self, out_dir: str):
+        self.out = Path(out_dir)
+
+    def on_test_epoch_start(self, trainer, pl_module):
+        sampler = trainer.test_dataloaders.sampler
+        self.record = dict(sampler=type(sampler).__name__, indices=list(sampler), seen=0, correct=0, loss_sum=0.0)
+
+    @torch.no_grad()
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        x, y = batch
+        logits = pl_module(x)
+        self.record["seen"] += len(y)
+        self.record["correct"] += int((logits.argmax(-1) == y).sum())
+        self.record["loss_sum"] += float(torch.nn.functional.cross_entropy(logits.double(), y, reduction="sum"))
+
+    def on_test_end(self, trainer, pl_module):
+        m, metric = trainer.callback_metrics, pl_module.test_acc1
+        self.record.update(metric_count=int((metric.tp + metric.fn).sum()), acc1=float(m["test/acc1"]),
+                           loss=float(m["test/loss"]))
+        (self.out / f"count_rank{trainer.global_rank}.json").write_text(json.dumps(self.record))
+
+
+def _env(tmp_path):
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+                OMP_NUM_THREADS="1")
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=lambda n: f"{n}ranks")
+def count_run(request, tmp_path_factory):
+    """`kanvision test` of an untrained 1-block Mixer on 10,001 synthetic 8x8 images over 2 or 3 gloo ranks:
+    (ranks, each rank's CountProbe record)."""
+    ranks, tmp_path = request.param, tmp_path_factory.mktemp(f"count{request.param}")
+    config = {
+        "model": {"model": "kan_mixer_tiny_p4_32", "kan": "none", "model_kwargs": {"num_blocks": 1, "img_size": 8}},
+        # synthetic test split = synthetic_size // 4 images; 8x8 keeps 10,001 of them cheap
+        "data": {"dataset": "synthetic", "batch_size": 96, "num_workers": 0, "synthetic_size": 4 * N_TEST,
+                 "img_size": 8, "augment": "none"},
+        "trainer": {"accelerator": "cpu", "devices": ranks, "strategy": "ddp", "enable_progress_bar": False,
+                    "enable_model_summary": False, "default_root_dir": str(tmp_path / "runs"),
+                    "callbacks": [{"class_path": "test_ddp.CountProbe", "init_args": {"out_dir": str(tmp_path)}}]},
+        "name": "count",
+    }
+    cfg = tmp_path / "count.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    proc = subprocess.run([sys.executable, "-m", "kanvision.cli", "test", "--config", str(cfg)], env=_env(tmp_path),
+                          capture_output=True, text=True, timeout=540, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "replicates some samples" not in proc.stderr  # Lightning's padding DistributedSampler was not used
+    return ranks, [json.loads((tmp_path / f"count_rank{r}.json").read_text()) for r in range(ranks)]
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_ddp_test_scores_each_image_exactly_once(count_run):
+    ranks, recs = count_run
+    assert all(r["sampler"] == "EvalShard" for r in recs)
+    indices = [i for r in recs for i in r["indices"]]
+    assert sorted(indices) == list(range(N_TEST))  # every image, once, over the ranks
+    assert sum(r["seen"] for r in recs) == N_TEST
+    assert sum(r["metric_count"] for r in recs) == N_TEST  # what torchmetrics sums over ranks
+    assert max(r["seen"] for r in recs) - min(r["seen"] for r in recs) <= 1
+    acc = sum(r["correct"] for r in recs) / N_TEST
+    for r in recs:  # the logged (reduced) accuracy is that of the 10,001 images
+        assert r["acc1"] == pytest.approx(acc, abs=1e-6)
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_ddp_test_loss_is_the_mean_over_all_images(count_run):
+    """Lightning's sync_dist mean divides the summed loss by the batch sizes summed over ranks, but averages that
+    integer count in place over ranks (lightning/fabric/utilities/distributed.py, _sync_ddp), which truncates:
+    (5001 + 5000) / 2 -> 5000, so the logged loss is 10,001 / 10,000 of the true mean once the shares are unequal.
+    Exact when ImageClassifier logs the loss through a torchmetrics MeanMetric weighted by the batch size."""
+    ranks, recs = count_run
+    loss = sum(r["loss_sum"] for r in recs) / N_TEST
+    for r in recs:
+        assert r["loss"] == pytest.approx(loss, rel=1e-6), (
+            f"logged test/loss {r['loss']} vs the mean over the {N_TEST} images {loss} on {ranks} ranks")
+
+
+# ------------------------------------------------------------ ranks started separately agree on the run directory
+
+class VersionProbe(L.Callback):
+    """Per rank: its loggers' run version at setup (before AgreeRunVersion, listed after it, runs) and at fit start."""
+
+    def __init__(self, out_dir: str):
+        self.out, self.before = Path(out_dir), None
+
+    def setup(self, trainer, pl_module, stage):
+        self.before = trainer.loggers[0].version
+
+    def on_fit_start(self, trainer, pl_module):
+        (self.out / f"version_rank{trainer.global_rank}.json").write_text(json.dumps(dict(
+            before=self.before, after=[lg.version for lg in trainer.loggers], log_dir=trainer.loggers[0].log_dir)))
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_torchrun_ranks_agree_on_the_run_directory(tmp_path):
+    """torchrun starts each rank itself: rank 0's KANVISION_RUN_VERSION does not reach rank 1, whose loggers name
+    version_0 while rank 0 numbered the run version_1 (version_0 exists); AgreeRunVersion settles on rank 0's."""
+    (tmp_path / "runs" / "tv" / "version_0").mkdir(parents=True)
+    (tmp_path / "runs" / "tv" / "version_0" / "status.json").write_text("{}")
+    config = {
+        "model": {"model": "kan_mixer_tiny_p4_32", "kan": "none", "model_kwargs": {"num_blocks": 1, "img_size": 8}},
+        "data": {"dataset": "synthetic", "batch_size": 8, "num_workers": 0, "synthetic_size": 32, "img_size": 8,
+                 "augment": "none", "train_eval_size": 0},
+        "trainer": {"max_epochs": 1, "accelerator": "cpu", "devices": 2, "strategy": "ddp", "enable_progress_bar": False,
+                    "enable_model_summary": False, "num_sanity_val_steps": 0, "default_root_dir": str(tmp_path / "runs"),
+                    "callbacks": [{"class_path": "test_ddp.VersionProbe", "init_args": {"out_dir": str(tmp_path)}},
+                                  {"class_path": "kanvision.train.ranks.AgreeRunVersion"}]},
+        "name": "tv", "test_after_fit": False,
+    }
+    cfg = tmp_path / "tv.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in _env(tmp_path).items() if k != "KANVISION_RUN_VERSION"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "kanvision.cli", "fit", "--config", str(cfg)], env=env, capture_output=True, text=True,
+                          timeout=540, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    recs = [json.loads((tmp_path / f"version_rank{r}.json").read_text()) for r in (0, 1)]
+    assert recs[0]["before"] == 1 and recs[1]["before"] == 0  # the disagreement a separate start leaves
+    assert recs[0]["after"] == recs[1]["after"] == [1, 1]
+    assert recs[0]["log_dir"] == recs[1]["log_dir"] == str(tmp_path / "runs" / "tv" / "version_1")
+    assert sorted(p.name for p in (tmp_path / "runs" / "tv").iterdir()) == ["version_0", "version_1"]
+    assert any((tmp_path / "runs" / "tv" / "version_1" / "checkpoints").glob("*.ckpt"))

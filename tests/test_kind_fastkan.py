@@ -177,24 +177,8 @@ def test_fast_equals_reference_float32():
         assert (a - b).abs().max() <= 1e-5 * max(1.0, b.abs().max().item())
 
 
-def saved_floats(layer, x):
-    params = {p.untyped_storage().data_ptr() for p in layer.parameters()}
-    seen = {}
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in params:
-            seen[ptr] = max(seen.get(ptr, 0), t.untyped_storage().nbytes() // t.element_size())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = layer(x)
-    y.sum().backward()
-    return sum(seen.values())
-
-
 @pytest.mark.parametrize("kwargs", [{}, dict(use_layernorm=False), dict(base_activation=nn.GELU)])
-def test_memory_model_is_what_autograd_saves(kwargs):
+def test_memory_model_is_what_autograd_saves(kwargs, saved_floats):
     n, din = 64, 12
     layer = FastKANLayer(din, 10, compile=False, **kwargs)
     assert saved_floats(layer, torch.randn(n, din, requires_grad=True)) == n * KIND.memory(layer)
@@ -239,6 +223,14 @@ def test_bf16_autocast_close_to_float32():
     y.float().sum().backward()
     assert xx.grad.dtype == torch.float32 and torch.isfinite(xx.grad).all()
     assert all(p.grad.dtype == torch.float32 for p in layer.parameters() if p.requires_grad)
+    # The values: the float32 gradients, to bf16 rounding (same bar as the output's).
+    trainable = [p for p in layer.parameters() if p.requires_grad]
+    grads_bf16 = [xx.grad] + [p.grad for p in trainable]
+    layer.zero_grad(set_to_none=True)
+    x32 = x.clone().requires_grad_()
+    layer(x32).sum().backward()
+    for got, want32 in zip(grads_bf16, [x32.grad] + [p.grad for p in trainable]):
+        assert (got - want32).abs().max() <= 0.03 * want32.abs().max()
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -182,28 +182,15 @@ def test_no_input_cache_and_fresh_beta_weights():
         layer.beta_weights.add_(1.0)
         after = layer(x)
     assert not torch.allclose(before, after)
+    # The value: the formula with the new beta_weights (float64 transcription), not just "something else".
+    sd = {k: v.double() for k, v in layer.state_dict().items()}
+    assert torch.allclose(after.double(), published_forward(sd, x.double()), rtol=1e-5, atol=1e-5)
     del x
     gc.collect()
     assert ref() is None
 
 
-def saved_floats(layer, x):
-    params = {p.untyped_storage().data_ptr() for p in layer.parameters()}
-    seen = {}
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in params:
-            seen[ptr] = max(seen.get(ptr, 0), t.untyped_storage().nbytes() // t.element_size())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = layer(x)
-    y.sum().backward()
-    return sum(seen.values())
-
-
-def test_memory_model_is_what_autograd_saves():
+def test_memory_model_is_what_autograd_saves(saved_floats):
     n, din, dout = 64, 12, 10
     layer = KAGNLayer(din, dout, compile=False)
     assert KIND.memory(layer) == din + 2 * dout + 2
@@ -223,8 +210,14 @@ def test_meta_device_build_and_forward():
     layer = KAGNLayer(192, 96, device="meta")
     assert all(p.is_meta for p in layer.parameters())
     assert layer(torch.randn(8, 192, device="meta")).shape == (8, 96)
+    torch.manual_seed(36)
     layer.to_empty(device="cpu").reset_parameters()
     assert torch.isfinite(layer.grams_basis_weights).all() and layer.grams_basis_weights.abs().max() > 0
+    # The values: the published init drawn as a CPU build draws it (the meta build consumed no random numbers).
+    torch.manual_seed(36)
+    cpu = KAGNLayer(192, 96)
+    for key, value in cpu.state_dict().items():
+        assert torch.equal(layer.state_dict()[key], value), key
 
 
 def test_bf16_autocast_close_to_float32():
@@ -239,6 +232,13 @@ def test_bf16_autocast_close_to_float32():
     y.float().sum().backward()
     assert xx.grad.dtype == torch.float32 and torch.isfinite(xx.grad).all()
     assert all(p.grad.dtype == torch.float32 for p in layer.parameters())
+    # The values: the float32 gradients, to bf16 rounding (same bar as the output's).
+    grads_bf16 = [xx.grad] + [p.grad for p in layer.parameters()]
+    layer.zero_grad(set_to_none=True)
+    x32 = x.clone().requires_grad_()
+    layer(x32).sum().backward()
+    for got, want32 in zip(grads_bf16, [x32.grad] + [p.grad for p in layer.parameters()]):
+        assert (got - want32).abs().max() <= 0.05 * want32.abs().max()
 
 
 @pytest.mark.parametrize("args,kwargs,match", [

@@ -8,6 +8,7 @@ import torch
 
 from kanvision.cli import main
 from kanvision.layers import BSplineKAN, RSWAFKAN
+from kanvision.train.module import ImageClassifier
 from kanvision.kinds.bspline import dense as bspline_dense
 from kanvision.kinds.bspline import local as bspline_local
 from kanvision.kinds.bspline.basis import b_spline_basis, uniform_knots
@@ -85,6 +86,10 @@ def test_input_gradient_keeps_the_input_dtype():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         layer(x).float().sum().backward()
     assert x.grad.dtype == torch.bfloat16 and torch.isfinite(x.grad).all()
+    # The value: the float32 layer's input gradient at the same (bf16-representable) input, to bf16 rounding.
+    x32 = x.detach().float().requires_grad_()
+    layer(x32).sum().backward()
+    assert rel(x.grad, x32.grad) <= TOL[torch.bfloat16]
 
 
 @pytest.mark.parametrize("kind", ["bspline", "rswaf"])  # the fast kernels' double backward (test_kinds: every kind)
@@ -106,14 +111,30 @@ def test_double_backward_under_autocast(kind):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["none", "bspline", "rswaf"])
-def test_lightning_bf16_mixed_fit(tmp_path, kind, capsys):
+def test_lightning_bf16_mixed_fit(tmp_path, kind, capsys, monkeypatch, write_config):
     # The documented full-size recipes (configs/trainer/ddp.yaml) run bf16-mixed.
-    main(["fit", "--model.model=kan_mixer_tiny_p4_32", f"--model.kan={kind}", "--model.model_kwargs={num_blocks: 1}",
-          "--data.dataset=synthetic", "--data.synthetic_size=48", "--data.batch_size=16", "--data.augment=none",
-          "--data.num_workers=0", "--trainer.precision=bf16-mixed", "--trainer.max_steps=3", "--trainer.log_every_n_steps=1",
-          "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.enable_progress_bar=false",
-          f"--trainer.default_root_dir={tmp_path}", "--name=bf16"])
+    # What would tell bf16 from fp32: the dtype the channel MLP's two layers (KAN layers, or nn.Linear for "none")
+    # return inside the Trainer's steps, recorded by forward hooks put on when fit starts.
+    seen = []
+    on_fit_start = ImageClassifier.on_fit_start
+
+    def hooked_on_fit_start(self):
+        on_fit_start(self)
+        mlp = self.model.blocks[0].mlp_channels
+        for name in ("fc1", "fc2"):
+            getattr(mlp, name).register_forward_hook(
+                lambda m, inputs, out, name=name: seen.append((name, m.training, inputs[0].dtype, out.dtype)))
+
+    monkeypatch.setattr(ImageClassifier, "on_fit_start", hooked_on_fit_start)
+    cfg = write_config(tmp_path, model__kan=kind, data__synthetic_size=48, trainer__precision="bf16-mixed",
+                       trainer__max_steps=3, trainer__log_every_n_steps=1, trainer__default_root_dir=str(tmp_path))
+    main(["fit", "--config", cfg, "--name=bf16"])
     out = capsys.readouterr().out
+    train = [s for s in seen if s[1]]
+    assert len(train) == 2 * 3  # fc1 and fc2, one forward each per step
+    # Matmuls in bf16: each layer returns bf16, so fc2 is fed bf16 (the float32 LayerNorm output feeds fc1).
+    assert {(n, o) for n, _, _, o in seen} == {("fc1", torch.bfloat16), ("fc2", torch.bfloat16)}
+    assert {i for n, _, i, _ in seen if n == "fc2"} == {torch.bfloat16}
     assert "val: top-1" in out
     metrics = (tmp_path / "bf16" / "version_0" / "metrics.csv").read_text().splitlines()
     header = metrics[0].split(",")

@@ -30,6 +30,30 @@ def _run_label(path, config: dict) -> str:
     return label
 
 
+def _check_model_flags(args, path, config: dict) -> None:
+    """SystemExit (one line) when --model / --kan / --model-kwargs / --kan-kwargs ask for another model than the
+    checkpoint holds: its weights fix the model, and the flags would otherwise be dropped without a word."""
+    from kanvision.kinds import normalize_kan_kind
+
+    problems = []
+    if args.model and args.model != config["architecture"]:
+        problems.append(f"--model {args.model}")
+    have = config["model_args"].get("kan") or "none"
+    for kind in args.kan or []:
+        try:
+            same = normalize_kan_kind(kind) == normalize_kan_kind(have)
+        except ValueError:
+            same = False
+        if not same:
+            problems.append(f"--kan {kind}")
+    problems += [flag for flag, value in (("--model-kwargs", args.model_kwargs), ("--kan-kwargs", args.kan_kwargs))
+                 if value]
+    if problems:
+        raise SystemExit(f"kanvision analyze: {', '.join(problems)} cannot apply to --checkpoint {path}, which holds "
+                         f"{config['architecture']} kan={have}: the checkpoint fixes the model; drop those flags, or "
+                         "analyse an untrained model with --model/--kan and no --checkpoint")
+
+
 def _models(args) -> list[tuple[str, torch.nn.Module]]:
     import timm
     import kanvision  # noqa: F401  registers the zoo
@@ -42,6 +66,7 @@ def _models(args) -> list[tuple[str, torch.nn.Module]]:
             except (CheckpointError, FileNotFoundError) as e:
                 raise SystemExit(f"kanvision analyze: {e}") from None
             config = model.kanvision_config
+            _check_model_flags(args, path, config)
             # Label by what the weights are (runs all end in last.ckpt), the file only to break ties.
             label = Path(path).name if Path(path).is_dir() else _run_label(path, config)
             if any(label == seen for seen, _ in out):
@@ -84,16 +109,17 @@ def _batches(args, model) -> list[tuple[torch.Tensor, torch.Tensor]]:
         n = getattr(model, "num_classes", args.num_classes)
         return [(torch.randn(args.batch_size, *shape, generator=g),
                  torch.randint(0, n, (args.batch_size,), generator=g)) for _ in range(args.batches)]
-    from torchvision import datasets, transforms
+    from torchvision import datasets
     root = Path(args.data_root or "")
     root = root / "test" if (root / "test").is_dir() else root
     if not root.is_dir():
         raise SystemExit(f"kanvision analyze: no image folder at {root}: pass --data-root DIR with "
                          "DIR/test/<class>/*.jpg, or --data synthetic")
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    tf = transforms.Compose([transforms.Resize(shape[1:]), transforms.ToTensor(),
-                             transforms.Normalize(cfg.get("mean", (0.5,) * 3), cfg.get("std", (0.5,) * 3))])
-    ds = datasets.ImageFolder(str(root), tf)
+    # kanvision's evaluation transform (whole image, bilinear, the model's mean/std) at the size the model runs at.
+    from kanvision.data.transforms import eval_transform
+    tf = eval_transform(model, img_size=shape[1:])
+    from kanvision.data.images import open_rgb
+    ds = datasets.ImageFolder(str(root), tf, loader=open_rgb)  # 16-bit, float, alpha files read as training reads them
     idx = torch.randperm(len(ds), generator=g)[:args.batch_size * args.batches].tolist()
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, idx), batch_size=args.batch_size)
     return list(loader)

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Subset
 
 from kanvision.models._factory import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 from kanvision.train.resume import SeededAugment, SeededSampler
+from kanvision.data.images import unreadable_reason
 from kanvision.data.synthetic import SyntheticImages
 
 __all__ = ["DataError", "ImageDataModule", "SyntheticImages"]
@@ -32,26 +33,6 @@ IMAGE_FOLDER_SPLITS = {"train": ("train",), "test": ("test", "val")}
 
 class DataError(RuntimeError):
     """The requested data is not there (or not usable); the message says where we looked and what to do."""
-
-
-def unreadable_reason(path: str) -> str | None:
-    """Why an image file cannot be used (empty, not an image, truncated), or None; fast: no full decode
-    unless a JPEG does not end with its end-of-image marker."""
-    from PIL import Image
-    try:
-        if os.path.getsize(path) == 0:
-            return "empty file"
-        with Image.open(path) as img:
-            if img.format == "JPEG":
-                with open(path, "rb") as f:
-                    f.seek(-2, os.SEEK_END)
-                    if f.read(2) != b"\xff\xd9":
-                        img.load()  # bytes after the end marker are legal: only a decode tells truncation
-            else:
-                img.verify()  # PNG: chunk checksums; other formats: the header
-    except Exception as e:  # PIL raises many types (OSError, SyntaxError, struct.error...) for bad files
-        return f"{type(e).__name__}: {str(e)[:80]}" if str(e) else type(e).__name__
-    return None
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -73,6 +54,8 @@ class ImageDataModule(L.LightningDataModule):
         synthetic_size: int = 512,
         synthetic_classes: int = 10,
         seed: int = 0,
+        loader: str = "auto",
+        cache_dir: str | None = None,
     ):
         """
         Args:
@@ -93,10 +76,18 @@ class ImageDataModule(L.LightningDataModule):
                 batches. A second validation loader; 0 disables it. Capped at the training set's size.
             mean / std: normalisation; default: the dataset's (measured on up to 2,000 images for imagefolder).
             synthetic_size / synthetic_classes: size of the synthetic train split (test: a quarter) and classes.
+            loader: device (decoded images held on the training device, whole batches augmented there:
+                kanvision.data.device) | workers (a DataLoader with num_workers processes) | auto: device when the
+                decoded splits take <= 25% of the device's free memory (RAM on a CPU) and the augment runs there
+                (cifar, none), else workers. One line at setup says which runs and why.
+            cache_dir: where device's decoded uint8 cache is written (default <root>/.kanvision-cache).
         """
         super().__init__()
         if dataset not in DATASETS:
             raise DataError(f"unknown dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
+        from kanvision.data.device import LOADERS
+        if loader not in LOADERS:
+            raise DataError(f"unknown loader {loader!r}: choose one of {', '.join(LOADERS)}")
         if augment not in AUGMENTS:
             raise DataError(f"unknown augment {augment!r}: choose one of {', '.join(AUGMENTS)}")
         if train_eval_size < 0:
@@ -120,6 +111,8 @@ class ImageDataModule(L.LightningDataModule):
         self.train_eval_set = None  # un-augmented training images scored at each validation (train_eval_size)
         self._resume_at: dict | None = None  # from a checkpoint: where the interrupted epoch stopped
         self._sampler: SeededSampler | None = None
+        self._device_data = None  # kanvision.data.device.DeviceData when the device loader runs
+        self.loader_line: str | None = None  # which loader runs and why (printed once)
 
     # ---------------------------------------------------------------- what the model needs up front
     @property
@@ -180,8 +173,11 @@ class ImageDataModule(L.LightningDataModule):
             def find_classes(self, directory):
                 return list(classes), dict(class_to_idx)
 
+        from kanvision.data.images import open_rgb
         try:
-            ds = TrainIndexed(str(folder), transform)
+            # open_rgb, not torchvision's loader (PIL's convert("RGB")): that turns a 16-bit PNG white and
+            # a float image black (kanvision.data.images).
+            ds = TrainIndexed(str(folder), transform, loader=open_rgb)
         except FileNotFoundError as e:  # a class folder without images, or no class folders at all
             raise DataError(f"imagefolder {folder}: {e}") from None
         bad = self._unreadable_files(folder, [p for p, _ in ds.samples])
@@ -279,6 +275,9 @@ class ImageDataModule(L.LightningDataModule):
             steps += [T.Resize((size, size), antialias=True), T.RandomHorizontalFlip(),
                       T.RandAugment(num_ops=2, magnitude=12), T.ToTensor(), T.Normalize(self.mean, self.std)]
             return T.Compose(steps)
+        if aug == "none":  # evaluation (and augment=none training): the transform predict and analyze use too
+            from kanvision.data.transforms import eval_transform
+            return eval_transform({"input_size": (3, size, size), "mean": self.mean, "std": self.std})
         steps = [T.Resize((size, size), antialias=True)]
         if aug == "cifar":
             steps += [T.RandomCrop(size, padding=max(1, size // 8)), T.RandomHorizontalFlip()]
@@ -288,6 +287,11 @@ class ImageDataModule(L.LightningDataModule):
         return T.Compose(steps)
 
     def _make(self, split: str, train_transform: bool):
+        ds = self._make_split(split, train_transform)
+        ds.kanvision_split = split  # which decoded cache its rows index (kanvision.data.device)
+        return ds
+
+    def _make_split(self, split: str, train_transform: bool):
         tf = self._transforms(train_transform)
         if self.dataset == "synthetic":
             n = self.hparams.synthetic_size if split == "train" else max(8, self.hparams.synthetic_size // 4)
@@ -350,6 +354,25 @@ class ImageDataModule(L.LightningDataModule):
             self.test_set = self._subset(self._make("test", False), self.hparams.test_subset, 2)
         if self.val_set is None:
             self.val_set = self.test_set
+        self._choose_loader()
+
+    def _choose_loader(self) -> None:
+        """Once: device or workers (kanvision.data.device.choose_loader), said in one line on rank 0."""
+        if self.loader_line is not None:
+            return
+        from kanvision.data.device import DeviceData, choose_loader
+        trainer, device = self.trainer, self._device
+        data = DeviceData(self.hparams.img_size, self.hparams.augment, self.mean, self.std, self.hparams.seed,
+                          self.hparams.cache_dir or self.root / ".kanvision-cache", self.hparams.num_workers)
+        sets = (self.train_set, self.val_set, self.train_eval_set, self.test_set)
+        try:
+            choice, line = choose_loader(self.hparams.loader, self.hparams.augment, data.decoded_bytes(sets), device,
+                                         self.hparams.num_workers, attached=trainer is not None)
+        except ValueError as e:
+            raise DataError(str(e)) from None
+        self._device_data, self.loader_line = (data if choice == "device" else None), line
+        if getattr(trainer, "is_global_zero", True):
+            print(f"kanvision: {line}")
 
     def _unaugmented_train(self):
         """The training split (same subset, same order) with evaluation transforms."""
@@ -385,11 +408,16 @@ class ImageDataModule(L.LightningDataModule):
     def _train_sampler(self) -> SeededSampler:
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = self._sampler = SeededSampler(len(self.train_set), self.hparams.seed, num_replicas=world, rank=rank)
+        if self._device_data is not None:  # the same order, a batch at a time (kanvision.data.device.TrainBatches)
+            sampler = self._device_data.train_sampler(self.train_set, self.per_device_batch, world, rank)
+        else:
+            sampler = SeededSampler(len(self.train_set), self.hparams.seed, num_replicas=world, rank=rank)
+        self._sampler = sampler
         at, self._resume_at = self._resume_at, None
         if at:
             done = at["batches"] * at["per_device_batch"] * at["world_size"]  # training images of the epoch
-            if done >= len(sampler) // self.per_device_batch * self.per_device_batch * world:  # an epoch-end save
+            share = len(self.train_set) // world
+            if done >= share // self.per_device_batch * self.per_device_batch * world:  # an epoch-end save
                 sampler.epoch = at["epoch"] + 1
             else:
                 sampler.epoch, sampler.skip = at["epoch"], done // world
@@ -400,29 +428,52 @@ class ImageDataModule(L.LightningDataModule):
                                "count of images, but not with an uninterrupted run's sample order")
         return sampler
 
-    def _loader(self, ds, sampler=None) -> DataLoader:
+    def _loader(self, ds, sampler=None, drop_last: bool = False) -> DataLoader:
         workers = self.hparams.num_workers
         # Its own generator: an iterator's worker seed would otherwise come from the global generator, which
         # dropout and mixup use, at points that differ between an uninterrupted and a resumed run.
-        return DataLoader(ds, batch_size=self.per_device_batch, num_workers=workers, drop_last=sampler is not None,
+        return DataLoader(ds, batch_size=self.per_device_batch, num_workers=workers, drop_last=drop_last,
                           sampler=sampler, generator=torch.Generator().manual_seed(self.hparams.seed),
                           persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
 
+    def _eval_loader(self, ds, what: str) -> DataLoader:
+        """An evaluation loader; under DDP each rank takes its unpadded share (kanvision.data.sharding): every
+        image is scored once, where Lightning's DistributedSampler would score a few twice."""
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        if self._device_data is not None and world <= len(ds):
+            return self._device_data.eval_loader(ds, self.per_device_batch, self._device, world, rank)
+        if world == 1:
+            return self._loader(ds)
+        if len(ds) < world:  # a rank without images would never join the metrics' epoch-end reduction: a hang
+            raise DataError(f"the {what} set has {len(ds)} image(s), fewer than the {world} processes evaluating it: "
+                            f"use at least {world} images or fewer devices")
+        from kanvision.data.sharding import EvalShard
+        return self._loader(ds, EvalShard(len(ds), world, rank))
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader(SeededAugment(self.train_set), self._train_sampler())
+        if self._device_data is not None:  # batches made on the training device (kanvision.data.device)
+            from kanvision.data.device import batch_loader
+            return batch_loader(self._device_data, self._train_sampler(), self._device, self.hparams.seed)
+        return self._loader(SeededAugment(self.train_set), self._train_sampler(), drop_last=True)
+
+    @property
+    def _device(self) -> torch.device:
+        strategy = getattr(self.trainer, "strategy", None)  # None: no Trainer (or a stand-in without one)
+        return strategy.root_device if strategy is not None else torch.device("cpu")
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         """The validation loader, then (train_eval_size > 0) the un-augmented training images' loader: Lightning
         runs them one after the other (dataloader_idx 0 and 1); ImageClassifier logs the second as train_eval/*.
-        Neither has a sampler here, so under DDP Lightning shards both alike (DistributedSampler)."""
+        Under DDP both are sharded without padding (_eval_loader)."""
         if self.train_eval_set is None:
-            return self._loader(self.val_set)
-        return [self._loader(self.val_set), self._loader(self.train_eval_set)]
+            return self._eval_loader(self.val_set, "validation")
+        return [self._eval_loader(self.val_set, "validation"), self._eval_loader(self.train_eval_set, "train_eval")]
 
     def test_dataloader(self) -> DataLoader:
         if self.test_set is None:
             self.setup("test")
-        return self._loader(self.test_set)
+        return self._eval_loader(self.test_set, "test")
 
     def describe(self) -> dict:
         """The data facts a checkpoint carries (checkpoints.py's "kanvision" record)."""

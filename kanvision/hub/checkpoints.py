@@ -9,7 +9,9 @@ which timm ignores.
 
 Lightning `.ckpt` files written by kanvision's training hold the same record in `checkpoint["kanvision"]`
 and the weights under `state_dict` as `model.<timm key>`; `load_pretrained` reads those directly too.
-A `.ckpt` is a pickle: load only files you trust. The safetensors export is the safe format to share.
+A `.ckpt` is a pickle: kanvision reads it with `torch.load(weights_only=True)` (kanvision.hub.safe_load), which
+refuses a file asking for any Python object beyond tensors and plain data instead of running its code. The
+safetensors export is the format to share.
 """
 from __future__ import annotations
 
@@ -73,12 +75,8 @@ def sha256_file(path: Path) -> str:
 
 
 def _read_ckpt(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    try:
-        # weights_only=False: Lightning stores hyper-parameters and callback states as Python objects.
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated zip, garbage bytes, pickle errors: all mean "not a usable file"
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): "
-                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    from kanvision.hub.safe_load import load_checkpoint_file
+    ckpt = load_checkpoint_file(path)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{path}: not a Lightning checkpoint (no 'state_dict' entry)")
     meta = ckpt.get("kanvision")
@@ -272,11 +270,14 @@ def timm_kwargs(path: str | os.PathLike) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------------- exporting
 
 def _ckpt_callbacks_best(ckpt_path: Path) -> Path | None:
-    """best_model_path recorded by ModelCheckpoint in a .ckpt, if that file still exists."""
-    try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    except Exception:
-        return None
+    """best_model_path recorded by ModelCheckpoint in a .ckpt, if that file still exists.
+
+    An unreadable or refused (unsafe) file is an error, not "no best recorded": falling back to another file
+    would hide that the run directory holds a file kanvision will not load."""
+    from kanvision.hub.safe_load import load_checkpoint_file
+    ckpt = load_checkpoint_file(ckpt_path, mmap=True)
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{ckpt_path}: not a Lightning checkpoint (a {type(ckpt).__name__}, not a dict)")
     for key, state in (ckpt.get("callbacks") or {}).items():
         # A ModelCheckpoint without a monitor records the newest file as its "best": not a best.
         if "ModelCheckpoint" in str(key) and "'monitor': None" not in str(key) and isinstance(state, dict) \
@@ -310,27 +311,11 @@ def find_run_checkpoint(run: str | os.PathLike) -> tuple[Path, str]:
     return ckpts[-1], f"newest of {len(ckpts)} .ckpt files (no last.ckpt, no best recorded)"
 
 
-def _atomic_write(path: Path, write) -> None:
-    """write(tmp_path), then rename: an interrupted export never leaves a half-written file at `path`."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)  # reading it means setting it: put it straight back
-    os.umask(mask)
-    return mask
-
-
 def export(run_or_ckpt: str | os.PathLike, out: str | os.PathLike, force: bool = False) -> dict[str, Any]:
     """Write out/model.safetensors + out/config.json from a kanvision .ckpt or run dir; return the config."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save as safetensors_bytes
+
+    from kanvision.train.atomic import atomic_write_bytes, atomic_write_text
 
     ckpt_path, why = find_run_checkpoint(run_or_ckpt)
     state_dict, meta = _read_ckpt(ckpt_path)
@@ -345,27 +330,22 @@ def export(run_or_ckpt: str | os.PathLike, out: str | os.PathLike, force: bool =
     check_finite(state_dict, str(ckpt_path))
     # clone: safetensors refuses shared storage (tied weights) and needs contiguous tensors
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    data = safetensors_bytes(tensors, metadata={"format": "pt"})
+    sha = hashlib.sha256(data).hexdigest()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     weights = out / WEIGHTS_NAME
-    tmp_weights = out / f".{WEIGHTS_NAME}.new-{os.getpid()}"
-    try:
-        save_file(tensors, str(tmp_weights), metadata={"format": "pt"})
-        # safetensors creates the file 0600 whatever the umask: an export is meant to be shared, so it gets
-        # the mode of any other new file (0644 under the usual umask 022).
-        os.chmod(tmp_weights, 0o666 & ~_umask())
-        sha = sha256_file(tmp_weights)
-        if (weights.exists() or (out / CONFIG_NAME).exists()) and not force:
-            old = sha256_file(weights) if weights.exists() else None
-            if old != sha:
-                raise CheckpointError(f"{out}: holds a different export (sha256 {str(old)[:16]}... vs new "
-                                      f"{sha[:16]}...); pass --force to overwrite it or choose another --out")
-        config = build_config(meta, sha256=sha)
-        config["kanvision"]["source"] = f"{ckpt_path} ({why})"
-        os.replace(tmp_weights, weights)
-    finally:
-        tmp_weights.unlink(missing_ok=True)
-    _atomic_write(out / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+    if (weights.exists() or (out / CONFIG_NAME).exists()) and not force:
+        old = sha256_file(weights) if weights.exists() else None
+        if old != sha:
+            raise CheckpointError(f"{out}: holds a different export (sha256 {str(old)[:16]}... vs new "
+                                  f"{sha[:16]}...); pass --force to overwrite it or choose another --out")
+    config = build_config(meta, sha256=sha)
+    config["kanvision"]["source"] = f"{ckpt_path} ({why})"
+    # Each file under a temporary name, fsynced and renamed (train/atomic.py), with the mode of any new file
+    # (safetensors' own save_file makes it 0600). A full disk keeps the previous export whole; a failure between
+    # the two files leaves a config whose sha256 does not match, which loading refuses by name.
+    atomic_write_bytes(weights, data)
+    atomic_write_text(out / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     return config
 
 

@@ -17,23 +17,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kanvision.data.images import ImageModeError, open_rgb
+from kanvision.data.transforms import eval_transform
+from kanvision.device import DeviceError, default_device, resolve_device
 from kanvision.hub.checkpoints import CheckpointError
 from kanvision.hub.pretrained import load
 
 __all__ = ["load_image", "main", "predict_images"]
 
 
-def load_image(path: str | Path, model: nn.Module) -> torch.Tensor:
-    """(3, H, W) float tensor for `model`: RGB, resized to its input size, normalized with its mean/std."""
-    from PIL import Image
-    from torchvision.transforms import functional as F
-
-    cfg = model.pretrained_cfg
-    _, height, width = cfg["input_size"]
-    with Image.open(path) as img:
-        img = img.convert("RGB")  # grayscale, palette and RGBA files all become 3 channels
-    img = img.resize((width, height), Image.Resampling.BILINEAR)
-    return F.normalize(F.pil_to_tensor(img).float().div_(255), cfg["mean"], cfg["std"])
+def load_image(path: str | Path, model: nn.Module, transform=None) -> torch.Tensor:
+    """(3, H, W) float tensor for `model`: RGB, resized to its input size, normalized with its mean/std
+    (kanvision.data.transforms.eval_transform(model), or `transform` when given: build it once per batch)."""
+    # As the image-folder training data is read: 16-bit and float images by their value range, transparent
+    # pixels on white, modes without one meaning refused (kanvision.data.images).
+    img = open_rgb(path)
+    return (transform or eval_transform(model))(img)
 
 
 @torch.inference_mode()
@@ -45,6 +44,7 @@ def predict_images(model: nn.Module, paths: list[str], topk: int = 5, batch_size
     device = next(model.parameters()).device
     k = min(topk, model.pretrained_cfg.get("num_classes") or topk)
     results, errors, batch = [], [], []
+    transform = eval_transform(model)
 
     def flush():
         if not batch:
@@ -58,9 +58,11 @@ def predict_images(model: nn.Module, paths: list[str], topk: int = 5, batch_size
 
     for path in paths:
         try:
-            batch.append((path, load_image(path, model)))
+            batch.append((path, load_image(path, model, transform)))
         except FileNotFoundError:
             errors.append((path, "no such file"))
+        except ImageModeError as e:  # its message names the file and says why
+            errors.append((path, str(e).removeprefix(f"{path}: ")))
         except Exception as e:  # PIL's UnidentifiedImageError, truncated files, directories...
             errors.append((path, f"cannot read image ({type(e).__name__}: {e})"))
         if len(batch) >= batch_size:
@@ -90,10 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kanvision predict: error: --topk must be 1 or more (the number of classes to list), got {args.topk}",
               file=sys.stderr)
         raise SystemExit(2)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
+        device = resolve_device(args.device or default_device())
         model = load(args.checkpoint, device=device)
-    except CheckpointError as e:
+    except (CheckpointError, DeviceError) as e:
         print(f"kanvision predict: error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
     results, errors = predict_images(model, args.images, topk=args.topk)

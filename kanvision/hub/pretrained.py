@@ -242,4 +242,67 @@ def apply_tag(variant: str, pretrained: bool, kwargs: dict[str, Any]) -> dict[st
     if pretrained and not any(overlay.get(k) for k in ("file", "url", "hf_hub_id", "state_dict")):
         overlay["file"] = str(resolve(name))
         kwargs["pretrained_cfg_overlay"] = overlay
+        _check_weights_serve(name, variant, kwargs, Path(overlay["file"]))
     return kwargs
+
+
+# Keywords that never change the shape of a weight (the tag's options are checked by apply_tag itself).
+_SHAPELESS = {"pretrained_cfg", "pretrained_cfg_overlay", "num_classes", "drop_rate", "drop_path_rate", "cache_dir",
+              "proj_drop_rate", "attn_drop_rate", "pos_drop_rate", *_ARCH_OPTIONS}
+
+
+def _misfits(variant: str, kwargs: dict[str, Any], have: dict[str, tuple]) -> list[str]:
+    """"key: weights [..] vs model [..]" for each weight of the model `kwargs` build (on the meta device: no memory,
+    no init cost) whose shape differs from the file's, that the file lacks, or that only the file has. The
+    classifier is left out: another num_classes is fine-tuning, which timm handles by dropping it. [] also when
+    the model cannot be built at all (the real build that follows reports why)."""
+    import timm
+    import torch
+
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(variant, pretrained=False,
+                                      **{k: v for k, v in kwargs.items() if k != "pretrained_cfg_overlay"})
+    except Exception:  # noqa: BLE001 - e.g. an option this architecture does not take: not ours to word
+        return []
+    head = str(model.pretrained_cfg.get("classifier") or "head") + "."
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith(head)}
+    unfit = [f"{k}: weights {list(have[k]) if k in have else 'none'} vs model {list(shape)}"
+             for k, shape in own.items() if have.get(k) != shape]
+    return unfit + [f"{k}: weights {list(shape)} vs model none" for k, shape in have.items()
+                    if k not in own and not k.startswith(head)]
+
+
+def _check_weights_serve(name: str, variant: str, kwargs: dict[str, Any], weights: Path) -> None:
+    """ValueError (one line) when other keywords (img_size, patch_size, num_blocks...) build a model the tag's weights
+    do not fit, naming the keywords at fault: timm would otherwise fail deep in load_state_dict with a traceback."""
+    given = {k: v for k, v in kwargs.items() if k not in _SHAPELESS}
+    if not given:
+        return
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            have = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception:  # noqa: BLE001 - an unreadable file is reported by the load that follows, with its name
+        return
+    bad = _misfits(variant, kwargs, have)
+    if not bad:
+        return
+    # The entry point merged the architecture's defaults into kwargs: name only the keywords that break the fit
+    # on their own (a default value does not).
+    base = {k: v for k, v in kwargs.items() if k in _SHAPELESS}
+    at_fault = [k for k, v in given.items() if _misfits(variant, dict(base, **{k: v}), have)] or list(given)
+    size = "x".join(map(str, (_trained_input_size(weights) or [])[1:])) or "its own input size"
+    asked = ", ".join(f"{k}={given[k]!r}" for k in at_fault)
+    more = f" (+{len(bad) - 1} more)" if len(bad) > 1 else ""
+    raise ValueError(f"{name} was trained at input size {size} with its architecture's defaults: its weights cannot "
+                     f"serve {asked} ({bad[0]}{more}); drop {', '.join(at_fault)} to load them, or train that model "
+                     "without pretrained=True")
+
+
+def _trained_input_size(weights: Path) -> list[int] | None:
+    try:
+        return list(json.loads((weights.parent / CONFIG_NAME).read_text())["pretrained_cfg"]["input_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -71,6 +71,8 @@ def compiled_kernel(fn, variant: tuple):
         return None
     compiled = _VARIANTS.get(key)
     if compiled is None:
+        from kanvision._quiet import quiet_compile
+        quiet_compile()  # the "No CUDA runtime is found, using CUDA_HOME" line inductor's probe logs on CPU machines
         tag = "_".join(str(v).replace("torch.", "").replace(".", "_") for v in variant)
         own = _own_code(fn, tag)
         _CODES[key] = own.__code__

@@ -8,6 +8,7 @@ model.kan none keeps only the kan_kwargs an MLP takes (_mlp_point).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import itertools
 import json
@@ -17,8 +18,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Run", "SweepError", "grid_flags", "plan_runs", "read_grid", "resolved_base", "run_name",
-           "switched_class", "value_label"]
+import yaml
+
+__all__ = ["Run", "SweepError", "check_grid", "changed_options", "fingerprint", "grid_flags", "plan_runs",
+           "read_grid", "resolved_base", "run_name", "switched_class", "value_label"]
 
 SECTIONS_WITH_DICTS = {"model": ("kanvision.train.module", "ImageClassifier"), "data": ("kanvision.data.datamodule", "ImageDataModule")}
 
@@ -33,12 +36,11 @@ class Run:
     values: dict  # grid key -> value
     seed: int
     command: list = field(default_factory=list)
+    fingerprint: dict = field(default_factory=dict)  # {"sha256", "config", "flags"}: see fingerprint()
 
 
 # ------------------------------------------------------------------------------------------- the grid
 def read_grid(path: str | None) -> dict:
-    import yaml
-
     if not path:
         raise SweepError("no grid: give --grid GRID.yaml, a file mapping fit options to lists of values "
                          "(e.g. 'model.kan: [none, bspline]')")
@@ -47,7 +49,10 @@ def read_grid(path: str | None) -> dict:
         raise SweepError(f"grid file {p} not found: give --grid the path of a YAML file mapping fit options to "
                          "lists of values (e.g. 'model.kan: [none, bspline]')")
     try:
-        grid = yaml.safe_load(p.read_text())
+        grid = yaml.load(p.read_text(), Loader=_UniqueKeys)
+    except _RepeatedKey as e:
+        raise SweepError(f"grid file {p}: key {e.args[0]!r} is given twice (YAML keeps only the last one, "
+                         "silently): merge the two lists into one") from None
     except yaml.YAMLError as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise SweepError(f"grid file {p} is not valid YAML ({first}): fix its syntax") from None
@@ -67,6 +72,27 @@ def read_grid(path: str | None) -> dict:
         if not values:
             raise SweepError(f"grid file {p}: {key} has an empty list: give it at least one value or remove it")
     return grid
+
+
+class _RepeatedKey(Exception):
+    pass
+
+
+def _unique_mapping(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise _RepeatedKey(key)
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+class _UniqueKeys(yaml.SafeLoader):
+    """SafeLoader refusing a mapping that repeats a key (SafeLoader keeps the last one without a word)."""
+
+
+_UniqueKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
 def _label_of(key: str) -> str:
@@ -195,8 +221,6 @@ def grid_flags(values: dict, base: dict) -> list[str]:
 
 def resolved_base(configs: list[str], extra: list[str]) -> dict:
     """The base configuration as `kanvision fit` resolves it (configs + extra flags), read with --print_config."""
-    import yaml
-
     from kanvision.cli import main as cli_main
 
     args = ["fit", *[a for c in configs for a in ("--config", c)], *extra, "--print_config"]
@@ -263,9 +287,108 @@ def plan_runs(grid: dict, seeds: int, configs: list[str], extra: list[str], out:
                                      "values distinguishable")
                 continue  # the same run (a KAN-only value of an MLP point)
             seen[name] = values
+            options = ["--trainer.enable_progress_bar=false", *extra, *flags, f"--seed_everything={seed}"]
             command = [*fit_command(), "fit", *[a for c in configs for a in ("--config", str(Path(c).resolve()))],
-                       "--trainer.enable_progress_bar=false", *extra, *flags,
-                       f"--seed_everything={seed}", f"--trainer.default_root_dir={out.resolve() / 'runs'}",
-                       f"--name={name}"]
-            runs.append(Run(name, values, seed, command))
+                       *options, f"--trainer.default_root_dir={out.resolve() / 'runs'}", f"--name={name}"]
+            runs.append(Run(name, values, seed, command, fingerprint(base, options)))
     return runs
+
+
+# ------------------------------------------------------------------------------ what a run is, checked
+def _flatten(config, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in (config or {}).items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def fingerprint(base: dict, options: list[str]) -> dict:
+    """What decides a run's result: the base configuration as `kanvision fit` resolves it (the --config files'
+    contents with the extra flags, not their paths) and the run's own flags (grid values, seed), as
+    {"sha256", "config": dotted key -> value, "flags": option -> text}. Not part of it: where the sweep
+    directory is (--trainer.default_root_dir) and the run name, so a moved sweep is the same sweep."""
+    config = _plain(_flatten(base))
+    flags = {}
+    for option in options:
+        key, _, value = option[2:].partition("=")
+        flags[key] = value
+    text = json.dumps({"config": config, "flags": flags}, sort_keys=True, separators=(",", ":"))
+    return {"sha256": hashlib.sha256(text.encode()).hexdigest(), "config": config, "flags": flags}
+
+
+def changed_options(old: dict, new: dict, n: int = 4) -> str:
+    """`key (old -> new)` for the options two fingerprints disagree on, shortest first."""
+    changes = []
+    for part in ("flags", "config"):
+        a, b = old.get(part) or {}, new.get(part) or {}
+        for key in sorted(set(a) | set(b)):
+            if a.get(key, "(unset)") != b.get(key, "(unset)"):
+                name = f"--{key}" if part == "flags" else key
+                changes.append(f"{name} ({_short_value(a.get(key, '(unset)'))} -> {_short_value(b.get(key, '(unset)'))})")
+    if not changes:
+        return "the recorded fingerprint differs (an older kanvision?)"
+    return "; ".join(changes[:n]) + (f"; and {len(changes) - n} more" if len(changes) > n else "")
+
+
+def _short_value(value) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _parse_error(parser, args: list[str]) -> str | None:
+    """The fit parser's complaint about `args` in one line, or None when they parse."""
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            parser.parse_args(args)
+    except SystemExit:
+        text = err.getvalue()
+        tail = text[text.rfind("error:"):] if "error:" in text else text
+        return " ".join(tail.split())[:400] or "rejected"
+    return None
+
+
+def check_grid(grid: dict, runs: list[Run]) -> None:
+    """Every run of the grid checked before the first starts (SweepError, one line): model.kan values are
+    registered kinds, no list repeats a value, no two runs are the same fit, and `kanvision fit`'s own parser
+    takes each run's options (names, value types, a class's init_args)."""
+    from kanvision.kinds import normalize_kan_kind
+
+    for key, values in grid.items():
+        seen = {}
+        for value in values:
+            if key == "model.kan":
+                try:
+                    canon = normalize_kan_kind(value)
+                except ValueError as e:
+                    raise SweepError(f"grid: model.kan {value!r}: {str(e).splitlines()[0]}") from None
+            else:
+                canon = json.dumps(_plain(value), sort_keys=True)
+            if canon in seen:
+                raise SweepError(f"grid: {key} lists the same value twice ({seen[canon]!r} and {value!r}): each "
+                                 "run would be run twice; remove the repeat")
+            seen[canon] = value
+    same = {}
+    for run in runs:
+        options = {k: v for k, v in run.fingerprint.get("flags", {}).items() if k != "seed_everything"}
+        key = json.dumps(options, sort_keys=True) + str(run.seed)
+        if key in same:
+            raise SweepError(f"grid: runs {same[key]} and {run.name} are the same fit (their options resolve "
+                             "alike): remove one of the values that make them")
+        same[key] = run.name
+    from kanvision.train.cli import fit_parser
+
+    parser, checked = fit_parser(), set()
+    for run in runs:
+        args = run.command[run.command.index("fit"):]
+        key = tuple(a for a in args if not a.startswith(("--seed_everything=", "--name=")))
+        if key in checked:
+            continue
+        checked.add(key)
+        error = _parse_error(parser, args)
+        if error:
+            raise SweepError(f"grid: run {run.name}: `kanvision fit` refuses its options ({error}): fix the grid "
+                             "values (or the base config)")

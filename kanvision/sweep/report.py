@@ -25,10 +25,13 @@ test score), hparams.yaml (params/total, params/kan); <run>/wall_s (the sweep's 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
 from pathlib import Path
+
+from kanvision.train.atomic import atomic_write, atomic_write_text
 
 __all__ = ["COLUMNS", "read_run", "write_report"]
 
@@ -55,7 +58,10 @@ def _float(text) -> float | None:
 def _validation_rows(metrics: Path) -> list[dict]:
     try:
         with open(metrics, newline="") as f:
-            return [r for r in csv.DictReader(f) if _float(r.get("val/acc1")) is not None]
+            # A validation whose loss is not finite (the run diverged there) is no result: its top-1 is that of
+            # NaN outputs, and it must not be the "best".
+            return [r for r in csv.DictReader(f) if _float(r.get("val/acc1")) is not None
+                    and (not r.get("val/loss") or _float(r["val/loss"]) is not None)]
     except OSError:
         return []
 
@@ -89,7 +95,9 @@ def read_run(run_root: Path, intrinsic_dim: int = INTRINSIC_DIM) -> dict:
     if row["status"] == "failed":
         row["error"] = status.get("error") or error_line(run_root / "fit.log")
     elif row["diverged"]:
-        row["error"] = f"loss {status.get('loss')} at step {status.get('step')} (lr {status.get('lr')})"
+        row["error"] = (f"val/loss {status.get('loss')} after step {status.get('step')} (lr {status.get('lr')})"
+                        if status.get("stage") == "validation" else
+                        f"loss {status.get('loss')} at step {status.get('step')} (lr {status.get('lr')})")
     if version is not None:
         row["params"], row["kan_params"] = _param_counts(version)
         vals = _validation_rows(version / "metrics.csv")
@@ -136,12 +144,14 @@ def write_report(runs, out: Path, intrinsic_dim: int = INTRINSIC_DIM) -> list[di
         row["seed"] = run.seed
         rows.append(row)
     header = ["run", *keys, *COLUMNS]
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=header)
-        writer.writeheader()
-        # Data: a grid value that is a dict (a class with init_args) as JSON; the markdown shows it short.
-        writer.writerows({k: "" if r.get(k) is None else json.dumps(r[k]) if isinstance(r[k], (dict, list)) else r[k]
-                          for k in header} for r in rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=header)
+    writer.writeheader()
+    # Data: a grid value that is a dict (a class with init_args) as JSON; the markdown shows it short.
+    writer.writerows({k: "" if r.get(k) is None else json.dumps(r[k]) if isinstance(r[k], (dict, list)) else r[k]
+                      for k in header} for r in rows)
+    # Written under a temporary name and renamed (train/atomic.py): a full disk keeps the previous table.
+    atomic_write_text(out / "results.csv", table.getvalue())
     shown = [{**r, **{k: value_label(k, r[k], r) for k in keys if isinstance(r.get(k), dict)}} for r in rows]
     lines = [f"# Sweep results ({len(rows)} runs)", "",
              "val_top1 / val_top5: best validation (held-out images) and top-5 at that validation; "
@@ -151,7 +161,7 @@ def write_report(runs, out: Path, intrinsic_dim: int = INTRINSIC_DIM) -> list[di
              "validations before the divergence.", "", EFFICIENCY_NOTE.format(id=intrinsic_dim), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_cell(k, r.get(k)).replace("|", "/") for k in header) + " |" for r in shown]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
     plot(shown, keys, out / "results.png")
     return rows
 
@@ -195,5 +205,7 @@ def plot(rows: list[dict], keys: list[str], path: Path) -> None:
     ax.set_ylim(0, 1)
     ax.set_title("accuracy per training scheme")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, dpi=120, format="png"))
+    finally:
+        plt.close(fig)

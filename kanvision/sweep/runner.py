@@ -18,7 +18,12 @@ holds its command, fit.log its output, wall_s its wall time summed over resumes;
 commands (one per line, the SLURM array's input).
 
 Run again, the sweep skips runs whose status says finished or diverged (a result, not an accident) and
-resumes the others from their newest interrupted-step*.ckpt / last.ckpt (exact resume, see resume.py).
+resumes the others from their newest interrupted-step*.ckpt / stopped-step*.ckpt / last.ckpt (exact resume,
+see resume.py). Each run records what it ran in DIR/runs/<run>/fingerprint.json (sha256 of its resolved
+config and flags, sweep/grid.py fingerprint); a run whose options changed since is run again from the start,
+in a new version_N, and the sweep says which options changed. The whole grid is checked (kinds, repeated
+values, option names and types, through `kanvision fit`'s own parser) before the first run starts, and one
+sweep at a time works in DIR (DIR/run.lock).
 A diverged run (non-finite loss: runs.RunStatus stops it) is recorded as diverged; a run failing for another
 reason is recorded with its error line and the sweep goes on; the exit status is 1 only if some run failed.
 How a grid point becomes flags and a run name: sweep_grid.py. Results: sweep_report.py (DIR/results.csv,
@@ -38,7 +43,10 @@ import threading
 import time
 from pathlib import Path
 
-from kanvision.sweep.grid import Run, SweepError, plan_runs, read_grid, resolved_base
+from kanvision.train.rundir import RunInUse, lock_run_dir, release_locks
+
+from kanvision.sweep.grid import Run, SweepError, changed_options, check_grid, plan_runs, read_grid, resolved_base
+from kanvision.train.atomic import WriteError, atomic_write_text
 from kanvision.train.runs import error_line, latest_version
 
 __all__ = ["main", "resume_checkpoint", "run_local"]
@@ -52,36 +60,74 @@ class SweepInterrupted(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------- one run's state
-def run_status(run_root: Path) -> dict | None:
+FINGERPRINT_NAME = "fingerprint.json"
+
+
+def _version_no(path: Path | None) -> int:
+    return int(path.name[len("version_"):]) if path is not None else -1
+
+
+def run_status(run_root: Path, min_version: int = 0) -> dict | None:
+    """The status of the run's newest version, if that version is one of the current options (>= min_version)."""
     from kanvision.train.runs import read_status
 
     latest = latest_version(run_root)
-    return read_status(latest) if latest is not None else None
+    return read_status(latest) if latest is not None and _version_no(latest) >= min_version else None
 
 
-def resume_checkpoint(run_root: Path) -> Path | None:
-    """The newest interrupted-step*.ckpt or last.ckpt of any version of the run (as scripts/train_pretrained.sh)."""
-    found = []
-    for pattern in ("version_*/checkpoints/interrupted-step*.ckpt", "version_*/checkpoints/last.ckpt"):
-        for p in run_root.glob(pattern):
-            try:
-                found.append((p.stat().st_mtime, p))  # follows last.ckpt's link
-            except OSError:
-                continue  # a dangling link
-    return max(found)[1] if found else None
+def resume_checkpoint(run_root: Path, min_version: int = 0) -> Path | None:
+    """The checkpoint `kanvision fit --ckpt_path last` would resume (train/rundir.py), among versions run with
+    the current options."""
+    from kanvision.train.rundir import newest_resumable
+
+    return newest_resumable(run_root, min_version)
+
+
+def _previous(root: Path, run: Run) -> dict | None:
+    """The fingerprint the run's versions were run with (None: never run). A run by a kanvision without
+    fingerprints has its command.txt: the same command counts as the same fingerprint."""
+    try:
+        return json.loads((root / FINGERPRINT_NAME).read_text())
+    except (OSError, ValueError):
+        pass
+    if latest_version(root) is None:
+        return None
+    try:
+        same = (root / "command.txt").read_text().strip() == shlex.join(run.command)
+    except OSError:
+        same = False
+    return dict(run.fingerprint, from_version=0) if same else {"sha256": None}
+
+
+def _recorded(root: Path, run: Run) -> int:
+    """The first version_N run with `run`'s current options; records them in fingerprint.json. A run whose
+    options changed since its last start goes on in a new version (one line says which options changed)."""
+    path = root / FINGERPRINT_NAME
+    old, latest = _previous(root, run), latest_version(root)
+    if old is not None and old.get("sha256") == run.fingerprint["sha256"]:
+        if not path.is_file():
+            atomic_write_text(path, json.dumps(old, indent=1) + "\n")
+        return int(old.get("from_version", 0))
+    start = _version_no(latest) + 1
+    if old is not None and latest is not None:
+        print(f"rerun {run.name} into version_{start}: its options changed since it ran "
+              f"({changed_options(old, run.fingerprint)}); the earlier versions are kept", flush=True)
+    atomic_write_text(path, json.dumps(dict(run.fingerprint, from_version=start), indent=1) + "\n")
+    return start
 
 
 def run_local(run: Run, out: Path) -> str:
     """Run (or resume, or skip) one fit; returns finished | diverged | failed | skipped (already done)."""
     root = out / "runs" / run.name
-    status = (run_status(root) or {}).get("status")
+    root.mkdir(parents=True, exist_ok=True)
+    first = _recorded(root, run)
+    status = (run_status(root, first) or {}).get("status")
     if status in DONE:
         print(f"skip {run.name}: {status} already", flush=True)
         return "skipped"
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "command.txt").write_text(shlex.join(run.command) + "\n")
+    atomic_write_text(root / "command.txt", shlex.join(run.command) + "\n")
     command = list(run.command)
-    resume = resume_checkpoint(root)
+    resume = resume_checkpoint(root, first)
     if resume is not None:
         command.append(f"--ckpt_path={resume}")
     print(f"{'resume' if resume else 'run'} {run.name}" + (f" from {resume.name}" if resume else ""), flush=True)
@@ -108,8 +154,8 @@ def run_local(run: Run, out: Path) -> str:
                 signal.signal(sig, handler)
     wall = time.monotonic() - start
     before = float((root / "wall_s").read_text()) if (root / "wall_s").is_file() else 0.0
-    (root / "wall_s").write_text(f"{before + wall:.1f}\n")
-    status = (run_status(root) or {}).get("status")
+    atomic_write_text(root / "wall_s", f"{before + wall:.1f}\n")
+    status = (run_status(root, first) or {}).get("status")
     if received or status == "interrupted":  # stopped (here or by a signal to the fit): the sweep stops too
         raise SweepInterrupted(f"{run.name} stopped ({status or f'exit {rc}'})")
     if rc == 0 and status == "finished":
@@ -124,10 +170,10 @@ def run_local(run: Run, out: Path) -> str:
 def write_commands(runs: list[Run], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "commands.txt"
-    path.write_text("".join(shlex.join(r.command) + "\n" for r in runs))
-    (out / "sweep.json").write_text(json.dumps(
-        {"runs": [{"name": r.name, "values": r.values, "seed": r.seed, "command": r.command} for r in runs]},
-        indent=1) + "\n")
+    atomic_write_text(path, "".join(shlex.join(r.command) + "\n" for r in runs))
+    atomic_write_text(out / "sweep.json", json.dumps(
+        {"runs": [{"name": r.name, "values": r.values, "seed": r.seed, "command": r.command,
+                   "fingerprint": r.fingerprint.get("sha256")} for r in runs]}, indent=1) + "\n")
     return path
 
 
@@ -176,8 +222,33 @@ def main(argv: list[str]) -> int:
         else:
             grid = read_grid(args.grid)
             runs = plan_runs(grid, args.seeds, args.config, extra, out, resolved_base(args.config, extra))
+            if not args.report_only:
+                check_grid(grid, runs)
     except SweepError as e:
         return _fail(str(e))
+    try:
+        return _sweep(args, argv, extra, out, runs)
+    except WriteError as e:  # a full disk, a read-only --out: the path and the fix
+        print(f"kanvision sweep: error: {e}", file=sys.stderr)
+        return 1
+    except RunInUse as e:
+        return _fail(str(e))
+    finally:
+        release_locks()
+
+
+def changed_runs(runs: list[Run], out: Path) -> list[str]:
+    """`<run>: <options changed>` for each run that ran before with other options (the SLURM launcher refuses
+    them: its array tasks know no fingerprints, and would report the old results as done)."""
+    found = []
+    for run in runs:
+        old = _previous(out / "runs" / run.name, run)
+        if old is not None and old.get("sha256") != run.fingerprint["sha256"]:
+            found.append(f"{run.name}: {changed_options(old, run.fingerprint)}")
+    return found
+
+
+def _sweep(args, argv: list[str], extra: list[str], out: Path, runs: list[Run]) -> int:
     from kanvision.sweep.report import write_report
     from kanvision.sweep.slurm import write_sbatch
 
@@ -185,6 +256,12 @@ def main(argv: list[str]) -> int:
         rows = write_report(runs, out, args.intrinsic_dim)
         print(f"wrote {out / 'results.csv'}, {out / 'results.md'}, {out / 'results.png'} ({len(rows)} runs)")
         return 0
+    lock_run_dir(out, advice=": two sweeps in one --out would run the same fits at once; give another --out")
+    changed = changed_runs(runs, out) if args.launcher == "slurm" else []
+    if changed:
+        return _fail(f"{len(changed)} run(s) ran before with other options ({changed[0]}"
+                     f"{'; ...' if len(changed) > 1 else ''}): an array task would report the old result as done; "
+                     "run them with --launcher local (it reruns them into a new version), or give another --out")
     write_commands(runs, out)
     if args.launcher == "slurm":
         script = write_sbatch(runs, out)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from kanvision.train.atomic import atomic_write_text
+
 __all__ = ["SBATCH", "write_sbatch"]
 
 SBATCH = """#!/bin/bash
@@ -31,8 +33,9 @@ if grep -qsE '"status": "(finished|diverged)"' "$run"/version_*/status.json; the
 fi
 mkdir -p "$run"
 echo "$cmd" > "$run/command.txt"
-resume=$(ls -tL "$run"/version_*/checkpoints/interrupted-step*.ckpt "$run"/version_*/checkpoints/last.ckpt 2>/dev/null | head -1)
-[ -n "$resume" ] && cmd="$cmd --ckpt_path=$(printf %q "$resume")"
+# Anything to resume: `--ckpt_path last` picks the newest of them by version and step (train/rundir.py).
+resume=$(ls -L "$run"/version_*/checkpoints/interrupted-step*.ckpt "$run"/version_*/checkpoints/stopped-step*.ckpt "$run"/version_*/checkpoints/last.ckpt 2>/dev/null | head -1)
+[ -n "$resume" ] && cmd="$cmd --ckpt_path=last"
 start=$(date +%s)
 eval "$cmd" >> "$run/fit.log" 2>&1
 rc=$?
@@ -48,5 +51,5 @@ def write_sbatch(runs: list, out: Path) -> Path:
     """DIR/sweep.sbatch over DIR/commands.txt (sweep.write_commands), one array task per run."""
     path = out / "sweep.sbatch"
     (out / "slurm").mkdir(parents=True, exist_ok=True)
-    path.write_text(SBATCH.format(last=len(runs) - 1, n=len(runs), out=shlex.quote(str(out.resolve()))))
+    atomic_write_text(path, SBATCH.format(last=len(runs) - 1, n=len(runs), out=shlex.quote(str(out.resolve()))))
     return path

@@ -2,7 +2,9 @@
 contradict each other, input size, class counts), run directories and loggers."""
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from typing import Optional
 
 
@@ -37,6 +39,11 @@ def _cli_class():
             # Lightning replaces the model's config with the checkpoint's hyper-parameters, so a flag such as
             # --model.kan rswaf would be dropped without a word and the checkpoint's model run instead.
             sub = self.config.get("subcommand")
+            if sub and self.config[sub].get("ckpt_path") == "last":
+                # Lightning's "last" looks in this run's new version folder only, finds nothing and starts over.
+                from kanvision.train.rundir import resolve_last
+                self.config[sub]["ckpt_path"] = str(resolve_last(self.config[sub].get("trainer.default_root_dir")
+                                                                 or RUNS_DIR, self.config[sub].get("name")))
             before = self.config[sub].get("model") if sub else None
             before = before.clone() if before is not None else None
             super()._parse_ckpt_path()
@@ -74,6 +81,8 @@ def _cli_class():
                 callbacks.append(RichProgressBar())
             callbacks.append(RunStatus())
             kwargs.setdefault("callbacks", callbacks)
+            from kanvision.train.atomic import with_atomic_checkpoints
+            kwargs.setdefault("plugins", with_atomic_checkpoints(cfg.get("plugins")))
             if cfg.get("logger") in (None, True):
                 sub = self.config.get("subcommand")
                 ckpt = self.config[sub].get("ckpt_path") if sub == "fit" else None
@@ -272,7 +281,7 @@ def default_loggers(root: str, name: str, resume_from: str | None = None) -> lis
     version = resume_version(root, name, resume_from)
     resume_step = None
     if version is not None:
-        resume_step = int(torch.load(resume_from, map_location="cpu", weights_only=False, mmap=True)["global_step"])
+        resume_step = int(torch.load(resume_from, map_location="cpu", weights_only=True, mmap=True)["global_step"])
         os.environ[RUN_VERSION_ENV] = str(version)
     elif rank_zero_only.rank == 0:
         # Created here, atomically: the loggers would each scan for the next free version_N when they first
@@ -284,20 +293,32 @@ def default_loggers(root: str, name: str, resume_from: str | None = None) -> lis
     else:
         # Other ranks write no logs (Lightning broadcasts rank 0's directory); take its number, create nothing.
         version = int(os.environ.get(RUN_VERSION_ENV, "0"))
+    if rank_zero_only.rank == 0:
+        # One writer per run directory for this command's life (released by lightning_main, or at exit).
+        from kanvision.train.rundir import lock_run_dir
+        run_dir = Path(root) / name / f"version_{version}"
+        lock_run_dir(run_dir, advice=": resume a copy of the run (cp -r) under another --name or "
+                                     "--trainer.default_root_dir, or start a new version without --ckpt_path")
+        _CURRENT_RUN[:] = [run_dir]
     return [AppendingCSVLogger(root, name=name, version=version, resume_step=resume_step),
             TensorBoardLogger(root, name=name, version=version, sub_dir="tensorboard")]
 
 
 RUN_VERSION_ENV = "KANVISION_RUN_VERSION"
 _ALLOCATED: list = []  # (run directory, whether <root>/<name> was there before), for _drop_empty_run_dirs
+_CURRENT_RUN: list = []  # this command's run directory (rank 0), for the messages of lightning_main
 
 
 def _drop_empty_run_dirs() -> None:
     """A command stopped by a check before it ran (bad --data.img_size...) leaves no empty version_N behind:
     the directory is made when the loggers are built, before those checks."""
+    from kanvision.train.rundir import LOCK_NAME
+
     while _ALLOCATED:
         run, base_existed = _ALLOCATED.pop()
         try:
+            if [p.name for p in run.iterdir()] == [LOCK_NAME]:  # its lock (released) is all it holds
+                (run / LOCK_NAME).unlink()
             run.rmdir()  # only if empty
             if not base_existed:
                 run.parent.rmdir()
@@ -310,34 +331,71 @@ def lightning_main(args: list[str]) -> None:
     from kanvision.hub.checkpoints import CheckpointError
     from kanvision.data.datamodule import DataError, ImageDataModule
     from kanvision.train.module import ConfigError, ImageClassifier
+    from kanvision.train.atomic import disk_error
+    from kanvision.train.rundir import RunInUse, release_locks
     from kanvision.train.runs import DivergedError, RunInterrupted
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    # A file size limit (ulimit -f) kills a process with SIGXFSZ at the first write past it, before anything
+    # can say why; ignored, the write fails with EFBIG and the run stops with the one line below.
+    xfsz = None
+    if hasattr(signal, "SIGXFSZ") and threading.current_thread() is threading.main_thread():
+        xfsz = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     # From the shell args is sys.argv[1:]: LightningCLI then reads sys.argv itself, since given both it warns
     # (printing the whole command line twice) on every command, --help included.
     cli_args = None if list(args) == sys.argv[1:] else args
     try:
-        cli = _cli_class()(
-            ImageClassifier, ImageDataModule, args=cli_args, trainer_defaults={"max_epochs": 10},
-            save_config_kwargs={"overwrite": True}, seed_everything_default=0,
-            parser_kwargs={"description": "kanvision training (LightningCLI); see configs/ and the README"},
-        )
-    except (DataError, ConfigError, CheckpointError, DivergedError) as e:  # user input, not a bug: one line
+        cli = _cli_class()(ImageClassifier, ImageDataModule, args=cli_args, **CLI_KWARGS)
+    except (DataError, ConfigError, CheckpointError, DivergedError, RunInUse) as e:  # user input, not a bug
         raise SystemExit(f"kanvision: error: {e}") from None
+    except OSError as e:  # a full disk, a size limit, a read-only or foreign folder: the path and the fix
+        found = disk_error(e)
+        if found is None:
+            raise
+        raise SystemExit(f"kanvision: error: {found}") from None
     except RunInterrupted as e:
         print(f"kanvision: {e}", file=sys.stderr)
         raise SystemExit(130) from None
     except SIGTERMException:
         # Lightning raises SystemExit() for a SIGTERM outside a training step (after the last one, or a second
         # signal): exit status 0 would tell a scheduler the job succeeded.
-        print("kanvision: stopped by SIGTERM outside a training step (final validation or the after-fit test); "
-              "the checkpoints saved so far are kept in the run directory: resume with --ckpt_path <run>/"
-              "checkpoints/last.ckpt, or score the best one with `kanvision test --ckpt_path ...`", file=sys.stderr)
+        from kanvision.train.rundir import resume_hint
+        print(f"kanvision: stopped by SIGTERM outside a training step (final validation or the after-fit test); "
+              f"{resume_hint(_CURRENT_RUN[0] if _CURRENT_RUN else None)}", file=sys.stderr)
         raise SystemExit(143) from None
     finally:
+        release_locks()
         _drop_empty_run_dirs()
+        if xfsz is not None:
+            signal.signal(signal.SIGXFSZ, xfsz)
     _close_process_group()
     return cli
+
+
+CLI_KWARGS = dict(trainer_defaults={"max_epochs": 10}, save_config_kwargs={"overwrite": True},
+                  seed_everything_default=0,
+                  parser_kwargs={"description": "kanvision training (LightningCLI); see configs/ and the README"})
+
+
+def fit_parser():
+    """The parser of `kanvision fit|validate|test`, built once and nothing run: `parse_args(["fit", ...])`
+    checks a command's options (names, value types, classes' init_args) in milliseconds (the sweep checks its
+    whole grid with it). Caught at LightningCLI.parse_arguments, the hook that receives the built parser."""
+    from kanvision.data.datamodule import ImageDataModule
+    from kanvision.train.module import ImageClassifier
+
+    class _Built(Exception):
+        pass
+
+    class ParserOnly(_cli_class()):
+        def parse_arguments(self, parser, args):
+            raise _Built(parser)
+
+    try:
+        ParserOnly(ImageClassifier, ImageDataModule, args=["fit"], **CLI_KWARGS)
+    except _Built as built:
+        return built.args[0]
+    raise RuntimeError("LightningCLI did not call parse_arguments")  # a Lightning that changed its order
 
 
 def _close_process_group() -> None:

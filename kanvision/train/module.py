@@ -7,7 +7,6 @@ grid-update schedule (DDP-consistent, see grid_update.py).
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import lightning as L
@@ -18,7 +17,6 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics.classification import MulticlassAccuracy
 
-from kanvision.device import synchronize
 from kanvision.train.grid_update import update_grids
 from kanvision.models import count_parameters, kan_modules
 
@@ -68,6 +66,8 @@ class ImageClassifier(L.LightningModule):
         grid_update_until: int = 0,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = WarmupCosine,
+        compile: bool | str = "auto",
+        compile_mode: str = "default",
     ):
         """
         Args:
@@ -86,8 +86,15 @@ class ImageClassifier(L.LightningModule):
                 steps while step <= until (0 disables).
             optimizer / lr_scheduler: callables (LightningCLI: class_path + init_args); default AdamW (lr 1e-3:
                 a B-spline Mixer diverged at 2e-3 on CIFAR-10 here while the MLP trained) with WarmupCosine.
+                AdamW/Adam become fused (one kernel for all parameters) when every parameter is on CUDA.
+            compile: torch.compile the network for fit: true | false | auto (CUDA: on; CPU: see
+                kanvision.train.callbacks.compile_by_default). ConvMixers on CUDA also train channels_last.
+            compile_mode: torch.compile's mode: default | reduce-overhead (CUDA graphs) | max-autotune (CUDA
+                graphs + autotuned kernels) | max-autotune-no-cudagraphs.
         """
         super().__init__()
+        from kanvision.train.callbacks import check_compile_args
+        check_compile_args(compile, compile_mode)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         self.model = self._build()
@@ -97,14 +104,15 @@ class ImageClassifier(L.LightningModule):
         k5 = min(5, num_classes)
         # train_eval: the data module's un-augmented training images, scored at each validation (second loader).
         for stage in ("train", "val", "test", "train_eval"):
-            setattr(self, f"{stage}_acc1", MulticlassAccuracy(num_classes, top_k=1, average="micro"))
-            setattr(self, f"{stage}_acc5", MulticlassAccuracy(num_classes, top_k=k5, average="micro"))
+            # No argument checks on the training metrics: they read label values on the host, a sync per step.
+            check = stage != "train"
+            setattr(self, f"{stage}_acc1", MulticlassAccuracy(num_classes, top_k=1, average="micro", validate_args=check))
+            setattr(self, f"{stage}_acc5", MulticlassAccuracy(num_classes, top_k=k5, average="micro", validate_args=check))
         self.mixup = None
         if mixup_alpha > 0 or cutmix_alpha > 0:
             from timm.data import Mixup
             self.mixup = Mixup(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, label_smoothing=label_smoothing,
                                num_classes=num_classes)
-        self._t0 = None
 
     def _build(self) -> torch.nn.Module:
         hp = self.hparams
@@ -142,8 +150,6 @@ class ImageClassifier(L.LightningModule):
                 and getattr(self, "_grid_updated_at", None) != step):
             self._grid_updated_at = step
             update_grids(self.model, batch[0])  # no-op without B-spline layers
-        synchronize(self.device)  # queued work (last step, the grid update) is not this step's time
-        self._t0 = time.perf_counter()
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -160,19 +166,16 @@ class ImageClassifier(L.LightningModule):
             loss = loss + self.hparams.reg_weight * reg
         self.train_acc1(logits, y)
         self.train_acc5(logits, y)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
+        # In the progress bar only when there is one: Lightning turns bar values into numbers after every step,
+        # a host sync per step.
+        shown = self._trainer is not None and self.trainer.progress_bar_callback is not None
+        self.log("train/loss", loss, prog_bar=shown, on_step=True, on_epoch=True, sync_dist=True)
         self.log("train/acc1", self.train_acc1, on_step=False, on_epoch=True)
         self.log("train/acc5", self.train_acc5, on_step=False, on_epoch=True)
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        if self._t0 is not None:
-            synchronize(self.device)  # on CUDA the host gets here as soon as the step's kernels are queued
-            seconds = time.perf_counter() - self._t0
-            # Each rank's own rate, summed over ranks: the job's images/s (ranks step in lockstep), right
-            # also when the ranks' batches differ in size.
-            self.log("train/images_per_s", len(batch[1]) / max(seconds, 1e-9), on_step=True, on_epoch=False,
-                     sync_dist=True, reduce_fx="sum")
+        # train/images_per_s (and FLOP/s, MFU) come from kanvision.train.callbacks.TrainThroughput.
         if self.trainer.optimizers:
             self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
 
@@ -205,9 +208,10 @@ class ImageClassifier(L.LightningModule):
     def configure_callbacks(self):
         # Part of the training, not of one CLI: any Trainer fitting this module resumes exactly. Not again
         # when the same Trainer tests after fitting (Lightning would announce it replaced the first one).
+        from kanvision.train.callbacks import FastStep, TrainThroughput
         from kanvision.train.resume import ExactResume
-        has = self._trainer is not None and any(isinstance(c, ExactResume) for c in self.trainer.callbacks)
-        return [] if has else [ExactResume()]
+        have = self.trainer.callbacks if self._trainer is not None else []
+        return [c() for c in (ExactResume, TrainThroughput, FastStep) if not any(isinstance(h, c) for h in have)]
 
     def parameter_groups(self) -> list[dict]:
         """timm's weight-decay grouping, as DeiT's recipe: biases, norms and other 1-D parameters, and what the
@@ -222,7 +226,8 @@ class ImageClassifier(L.LightningModule):
         return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameter_groups())
+        from kanvision.train.callbacks import fused_on_cuda
+        optimizer = fused_on_cuda(self.optimizer_factory(self.parameter_groups()))
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)

@@ -1,4 +1,4 @@
-"""A training run's directory and its outcome: `status.json`, and a stop on a non-finite training loss.
+"""A training run's directory and its outcome: `status.json`, and a stop on a non-finite loss or validation.
 
 `status.json` in the run directory (`<root>/<name>/version_N/`) is what a sweep reads to tell a finished
 run from one that diverged, failed or is still going:
@@ -7,14 +7,20 @@ run from one that diverged, failed or is still going:
 
 "interrupted" (a first SIGINT / SIGTERM: training stops at the next step boundary, after a validation or an
 epoch end that is due, and saves its state) adds `step`, `epoch` and
-`checkpoint`, the file to resume from with --ckpt_path. "diverged" adds `step` (the optimizer step whose loss was not finite), `epoch`, `loss` ("nan", "inf",
-"-inf", or "non-finite on another rank" under DDP), `last_finite_loss` (null when no step was finite)
-and `lr` (the learning rate of that step); "failed" adds `error` (the exception's type and first line).
-The file is replaced atomically.
+`checkpoint`, the file to resume from with --ckpt_path. "diverged" adds `step` (the optimizer step whose loss was
+not finite; with `stage: "validation"`, the steps trained before a validation whose loss was not finite), `epoch`,
+`loss` ("nan", "inf", "-inf", or "non-finite on another rank" under DDP), `last_finite_loss` (of training; null
+when no step was finite) and `lr`; "failed" adds `error` (the exception's type and first line, or for a full
+disk the one line naming the file and the fix). The file is replaced atomically (train/atomic.py).
+
+A run that --trainer.max_steps ends in mid-epoch keeps its state at that step (stopped-step<N>.ckpt, and the
+same state in the checkpoints written after it), so a resume with a larger max_steps continues that epoch.
 """
 from __future__ import annotations
 
+import copy
 import csv
+import io
 import json
 import math
 import re
@@ -44,13 +50,11 @@ class RunInterrupted(RuntimeError):
 
 
 def write_status(run_dir: str | os.PathLike, **record) -> Path:
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / STATUS_NAME
-    tmp = run_dir / f".{STATUS_NAME}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)  # a reader never sees half a file
-    return path
+    """status.json replaced atomically (train/atomic.py): a reader never sees half a file, and a full disk
+    leaves the previous status in place (WriteError, one line)."""
+    from kanvision.train.atomic import atomic_write_text
+
+    return atomic_write_text(Path(run_dir) / STATUS_NAME, json.dumps(record, indent=2) + "\n")
 
 
 def read_status(run_dir: str | os.PathLike) -> dict | None:
@@ -106,10 +110,13 @@ class AppendingWriter(ExperimentWriter):
             rows, self.metrics_keys = list(reader), sorted(reader.fieldnames or [])
         if self.resume_step is not None:
             rows = [r for r in rows if not r.get("step") or int(float(r["step"])) < self.resume_step]
-            with self._fs.open(self.metrics_file_path, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=self.metrics_keys)
-                writer.writeheader()
-                writer.writerows(rows)
+            table = io.StringIO(newline="")
+            writer = csv.DictWriter(table, fieldnames=self.metrics_keys)
+            writer.writeheader()
+            writer.writerows(rows)
+            # Replaced whole (train/atomic.py): a full disk here must not cost the run its metrics so far.
+            from kanvision.train.atomic import atomic_write_text
+            atomic_write_text(self.metrics_file_path, table.getvalue())
 
 
 class AppendingCSVLogger(CSVLogger):
@@ -133,10 +140,12 @@ def _loss_text(x: float) -> str:
 
 
 class RunStatus(L.Callback):
-    """Writes status.json for `fit`, and stops training at the first non-finite training loss.
+    """Writes status.json for `fit`, and stops training at the first non-finite training loss or validation.
 
     A NaN/inf loss otherwise trains on (every later step is NaN), validates at chance, saves a "best"
     checkpoint and exits 0. Checked on every rank and agreed over ranks, so DDP ranks stop together.
+    Also: the SIGINT/SIGTERM stop with its state saved, the max_steps stop's resumable state, and the
+    checkpoint records of a run that was moved (on_load_checkpoint, rundir.relocate_checkpoint_states).
     """
 
     def __init__(self):
@@ -144,6 +153,7 @@ class RunStatus(L.Callback):
         self._signal = self._asked = None
         self._deferred, self._previous = False, {}
         self._step = self._lr = None
+        self._stop_state, self._capturing = None, False
 
     def _dir(self, trainer) -> str | None:
         run_dir = trainer.log_dir  # a collective under DDP: every rank asks
@@ -159,6 +169,7 @@ class RunStatus(L.Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         self._write(trainer, status="running")
         self._signal, self._deferred, self._asked = None, False, None
+        self._stop_state, self._capturing = None, False
         if threading.current_thread() is threading.main_thread():
             self._previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
 
@@ -192,15 +203,67 @@ class RunStatus(L.Callback):
         except (AttributeError, TypeError):
             return False
 
+    def _checkpoint_dir(self, trainer) -> Path:
+        # Beside the run's other checkpoints (ModelCheckpoint resolved its folder at setup).
+        folder = getattr(trainer.checkpoint_callback, "dirpath", None)
+        return Path(folder) if folder else Path(self._dir(trainer) or trainer.default_root_dir) / "checkpoints"
+
     def _stop(self, trainer) -> None:
-        run_dir = self._dir(trainer) or trainer.default_root_dir
-        path = Path(run_dir) / "checkpoints" / f"interrupted-step{trainer.global_step:06d}.ckpt"
-        trainer.save_checkpoint(path)  # every rank calls it; rank 0 writes
+        path = self._checkpoint_dir(trainer) / f"interrupted-step{trainer.global_step:06d}.ckpt"
+        trainer.save_checkpoint(path)  # every rank calls it; rank 0 writes (a failed write raises WriteError)
+        saved = path.is_file()  # what the message names must exist (a rank without the shared folder: says so)
         self._write(trainer, status="interrupted", signal=self._asked, step=trainer.global_step,
-                    epoch=trainer.current_epoch, checkpoint=str(path))
+                    epoch=trainer.current_epoch, checkpoint=str(path) if saved else None)
+        how = (f"its state is saved: resume with the same command plus --ckpt_path {path} (or --ckpt_path last)"
+               if saved else f"its state was written by rank 0 to {path}, not visible here: resume with the same "
+                             "command plus --ckpt_path last on the machine of rank 0")
         raise RunInterrupted(f"stopped by {self._asked} after step {trainer.global_step} (epoch "
-                             f"{trainer.current_epoch}); its state is saved: resume with the same command plus "
-                             f"--ckpt_path {path}")
+                             f"{trainer.current_epoch}); {how}")
+
+    def _save_at_max_steps(self, trainer, batch_idx: int) -> None:
+        """A run that --trainer.max_steps ends in mid-epoch: its state after the last step, as the SIGTERM stop
+        saves it, in stopped-step<N>.ckpt, and (on_save_checkpoint) in every checkpoint written after it.
+
+        Lightning goes on to the epoch's end hooks (a validation, the epoch-end checkpoints), and those
+        checkpoints say the epoch is over: resumed with a larger max_steps, the run would start the next epoch
+        and never train the rest of this one (1.8e-2 off an uninterrupted run after 10 steps)."""
+        max_steps = trainer.max_steps
+        if (max_steps is None or max_steps < 0 or trainer.global_step < max_steps or self._stop_state is not None
+                or not trainer.checkpoint_callbacks or batch_idx + 1 >= trainer.num_training_batches):
+            return  # at an epoch's end Lightning's own epoch-end checkpoints resume exactly
+        folder = self._checkpoint_dir(trainer)
+        path = folder / f"stopped-step{trainer.global_step:06d}.ckpt"
+        self._capturing = True
+        try:
+            trainer.save_checkpoint(path)
+        finally:
+            self._capturing = False
+        if trainer.is_global_zero:  # one resume point per run: older max_steps stops are behind this one
+            for old in folder.glob("stopped-step*.ckpt"):
+                if old != path:
+                    old.unlink(missing_ok=True)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        watched = {cb.state_key for cb in trainer.checkpoint_callbacks}
+        if self._capturing:  # the loops', data's and generators' states at the max_steps stop
+            dm = trainer.datamodule
+            keys = ["loops"] + ([type(dm).__qualname__] if dm is not None else [])
+            state = {k: copy.deepcopy(checkpoint[k]) for k in keys if k in checkpoint}
+            state["callbacks"] = {k: copy.deepcopy(v) for k, v in (checkpoint.get("callbacks") or {}).items()
+                                  if k not in watched}
+            self._stop_state = state
+        elif self._stop_state is not None:
+            # Written after the stop (epoch end, validation): resumes from the stop. The checkpoint callbacks'
+            # own records (best so far, file names) stay as they are now.
+            for key, value in self._stop_state.items():
+                if key == "callbacks":
+                    checkpoint.setdefault("callbacks", {}).update(copy.deepcopy(value))
+                else:
+                    checkpoint[key] = copy.deepcopy(value)
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        from kanvision.train.rundir import relocate_checkpoint_states
+        relocate_checkpoint_states(checkpoint, trainer.checkpoint_callbacks)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._deferred:  # a stop asked for at the end of the previous epoch or before a validation
@@ -223,20 +286,45 @@ class RunStatus(L.Callback):
                     self._deferred = True
                 else:
                     self._stop(trainer)
+                return
+            self._save_at_max_steps(trainer, batch_idx)
             return
         record = dict(status="diverged", step=self._step, epoch=trainer.current_epoch,
                       loss=_loss_text(value) if not math.isfinite(value) else "non-finite on another rank",
                       last_finite_loss=self.last_finite, lr=self._lr)
+        self._diverged(trainer, record, f"training diverged: loss {record['loss']} at step {self._step}")
+
+    def _diverged(self, trainer, record: dict, what: str, note: str = "") -> None:
         self._restore_handlers()
-        run_dir = self._write(trainer, **record)
-        where = f"the run is marked diverged in {Path(run_dir) / STATUS_NAME}" if run_dir else "no run directory"
+        try:
+            run_dir = self._write(trainer, **record)
+            where = f"the run is marked diverged in {Path(run_dir) / STATUS_NAME}" if run_dir else "no run directory"
+        except OSError as e:  # a full disk on top: the divergence is still what stopped the run
+            where = f"status.json not updated ({e})"
         last = f"{self.last_finite:.4g}" if self.last_finite is not None else "none (the first step)"
-        lr = f"{self._lr:.3g}" if self._lr is not None else "unknown"
+        lr = f"{record['lr']:.3g}" if record.get("lr") is not None else "unknown"
         clip = "" if trainer.gradient_clip_val else " or clip gradients (--trainer.gradient_clip_val 1)"
-        raise DivergedError(
-            f"training diverged: loss {record['loss']} at step {self._step} (epoch {trainer.current_epoch}), "
-            f"last finite loss {last}, lr {lr}; {where}. Lower the learning rate "
-            f"(--model.optimizer.init_args.lr){clip}")
+        loss = "training loss" if record.get("stage") == "validation" else "loss"
+        raise DivergedError(f"{what} (epoch {trainer.current_epoch}){note}, last finite {loss} {last}, lr {lr}; "
+                            f"{where}. Lower the learning rate (--model.optimizer.init_args.lr){clip}")
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        """Non-finite validation outputs while the training loss is still finite (weights grown huge, not yet
+        inf): the run stops as diverged here, before ModelCheckpoint (Lightning runs it after every other
+        callback) could keep these weights as a "best" and the after-fit test could score them."""
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        m = trainer.callback_metrics
+        bad = {k: float(m[k]) for k in ("val/loss", "train_eval/loss") if k in m and not math.isfinite(float(m[k]))}
+        if not trainer.strategy.reduce_boolean_decision(bool(bad), all=False):
+            return
+        key, value = next(iter(bad.items()), ("val/loss", None))
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
+        record = dict(status="diverged", stage="validation", step=trainer.global_step, epoch=trainer.current_epoch,
+                      loss=_loss_text(value) if value is not None else "non-finite on another rank",
+                      last_finite_loss=self.last_finite, lr=lr)
+        self._diverged(trainer, record, f"validation diverged: {key} {record['loss']} after step {trainer.global_step}",
+                       ": the weights give non-finite outputs, no checkpoint of them is kept")
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self._restore_handlers()
@@ -255,12 +343,18 @@ class RunStatus(L.Callback):
         from lightning.pytorch.utilities.exceptions import SIGTERMException
         # SIGTERMException: Lightning's own handler took a SIGTERM that came outside our window (after the last
         # training step, e.g. during the final validation): the run was stopped, not broken.
+        from kanvision.train.atomic import disk_error
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
-            write_status(run_dir, status="interrupted", step=trainer.global_step, epoch=trainer.current_epoch)
+            record = dict(status="interrupted", step=trainer.global_step, epoch=trainer.current_epoch)
         else:
             first = (str(exception).splitlines() or [""])[0]
-            write_status(run_dir, status="failed", step=trainer.global_step, epoch=trainer.current_epoch,
-                         error=f"{type(exception).__name__}: {first}"[:500])
+            found = disk_error(exception)  # a full disk: the one line naming the path and the fix
+            record = dict(status="failed", step=trainer.global_step, epoch=trainer.current_epoch,
+                          error=str(found) if found else f"{type(exception).__name__}: {first}"[:500])
+        try:
+            write_status(run_dir, **record)
+        except OSError:
+            pass  # the disk that stopped the run may refuse this too: the previous status.json stays whole
 
 
 def latest_version(run_root: Path) -> Path | None:

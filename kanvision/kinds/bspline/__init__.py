@@ -34,7 +34,7 @@ KIND = Kind(
     act_keyword="base_activation", act_default=nn.SiLU,
     init_choices=("default", "kaiming_normal", "kaiming_uniform", "orthogonal", "lecun", "glorot"),
     integer_kwargs=frozenset({"grid_size", "spline_order"}), activation_kwargs=frozenset({"base_activation"}),
-    grid_update=True, impls=("fast", "reference"), hvp_impl="local", fused="compiled", sample_range=(-1.2, 1.2),
+    grid_update=True, impls=("fast", "reference"), hvp_impl="local", fused="triton", sample_range=(-1.2, 1.2),
     key_markers=(".spline_weight", ".base_weight"),
     memory=lambda layer: layer.in_features,  # the fast kernel saves x only and rebuilds the basis in backward
 )

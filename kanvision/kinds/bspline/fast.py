@@ -8,6 +8,10 @@ that lives only for that product: backward saves x and the weights and rebuilds 
 - otherwise, with compiled kernels (the layer's `compile`, on by default where it works): the dense kernels
   compiled per variant (compile.py), writing into a reused scratch buffer (workspace.py);
 - otherwise the eager local kernels (bspline_local.py).
+On CUDA with Triton, uniform knots and an activation with a closed-form derivative, `compile=None` (auto) or
+`compile="triton"` runs the fused Triton kernels instead (bspline/triton.py: the features never leave the matmul
+tiles, in forward and both gradients); if they fail, one warning and the paths above from then on. Inside
+`torch.compile(model)` the traced dense kernels still run (the Triton kernels are not registered as torch ops).
 
 Mixed precision: under autocast the features and the matmul run in the autocast dtype (half the memory
 traffic, tensor cores), while knots, the interval search, the polynomial arithmetic and the input-gradient
@@ -17,6 +21,8 @@ autocast state of whatever thread runs it.
 """
 from __future__ import annotations
 
+import importlib
+import warnings
 
 import torch
 from torch import nn
@@ -25,15 +31,87 @@ from kanvision.kinds.bspline.basis import b_spline_basis
 from kanvision.kinds.bspline.dense import activation_value, dense_features, dense_input_grad
 from kanvision.kinds.bspline.local import SplineSpec, features_eager, input_grad_eager
 from kanvision.kinds.autocast import autocast_dtype, no_autocast  # noqa: F401  (re-exported for old imports)
-from kanvision.kinds.compile import run_compiled, use_compiled
+from kanvision.kinds.compile import compile_supported, run_compiled, use_compiled
 from kanvision.kinds.workspace import scratch
 
-__all__ = ["BSplineKANFunction", "autocast_dtype", "bspline_kan", "features", "input_grad", "no_autocast"]
+__all__ = ["BSplineKANFunction", "KERNELS", "autocast_dtype", "bspline_kan", "features", "input_grad", "kernel_switch",
+           "no_autocast", "triton_failed", "triton_kernels"]
 
 
 
 def _traced() -> bool:
     return torch.compiler.is_compiling()
+
+
+KERNELS = {"auto": None, "triton": "triton", "compiled": True, "eager": False}
+
+
+def kernel_switch(value, owner: str):
+    """A layer's `compile` argument as the kernels read it: None (auto: the Triton kernels on CUDA where they
+    apply, else compiled kernels where that works, else eager), "triton", True (compiled) or False (eager).
+    None and booleans keep their meaning; the strings "auto", "triton", "compiled", "eager" name the choices."""
+    if value is None or isinstance(value, (bool, int)):
+        return None if value is None else bool(value)
+    if isinstance(value, str) and value.strip().lower() in KERNELS:
+        return KERNELS[value.strip().lower()]
+    raise ValueError(f"{owner}: compile must be None, True, False or one of {', '.join(map(repr, KERNELS))}, "
+                     f"got {value!r}")
+
+
+_TRITON_FAILED: dict[str, str] = {}
+_TRITON_TOLD: set[tuple[str, str]] = set()
+_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def triton_failed(kind: str, error: Exception) -> None:
+    """Record that `kind`'s Triton kernels failed: one warning, then today's kernels for the rest of the process."""
+    if isinstance(error, torch.OutOfMemoryError):
+        raise error
+    text = str(error).strip()
+    cause = f"{type(error).__name__}: {text.splitlines()[0][:200] if text else ''}"
+    _TRITON_FAILED[kind] = cause
+    warnings.warn(f"kanvision: the Triton kernel of {kind} failed ({cause}); {kind} layers run the compiled / "
+                  "eager kernels from now on (same results, slower)", RuntimeWarning, stacklevel=3)
+
+
+def triton_kernels(kind: str, module: str, x: torch.Tensor, cdtype: torch.dtype, switch, why_not: str | None):
+    """The Triton kernel module (e.g. "kanvision.kinds.bspline.triton") for this call, or None for today's path.
+
+    Auto (switch None): on CUDA where Triton works. "triton": also on the CPU under TRITON_INTERPRET=1 (Triton's
+    interpreter, for the tests); where it cannot run, one warning per cause. `why_not`: the layer's reason the
+    kernels do not apply to it now (non-uniform knots, ...), or None."""
+    dev = x.device.type
+    if switch not in (None, "triton") or _traced() or dev == "meta" or kind in _TRITON_FAILED:
+        return None
+    if dev == "cuda":
+        ok, why = compile_supported("cuda")
+        why = why_not or (None if ok else why)
+        if why is None and not (x.dtype in _TRITON_DTYPES and cdtype in _TRITON_DTYPES):
+            why = f"{x.dtype} inputs (the kernels take float16, bfloat16 and float32)"
+    elif switch == "triton" and dev == "cpu":  # Triton's interpreter, if it was on when the kernels were imported
+        why = why_not
+    else:
+        why = f"they run on CUDA (or on the CPU under TRITON_INTERPRET=1), not on {dev}"
+    if why is None:
+        try:
+            kernels = importlib.import_module(module)
+        except Exception as e:  # noqa: BLE001 - no usable Triton: today's kernels
+            triton_failed(kind, e)
+            return None
+        if dev == "cuda" or kernels.INTERPRETED:
+            return kernels
+        why = "the CPU needs Triton's interpreter: TRITON_INTERPRET=1 set before the kernels are first imported"
+    if switch == "triton" and (kind, why) not in _TRITON_TOLD:
+        _TRITON_TOLD.add((kind, why))
+        warnings.warn(f"kanvision: {kind} with compile='triton' runs the compiled / eager kernels: {why}",
+                      RuntimeWarning, stacklevel=4)
+    return None
+
+
+def _triton(x, cdtype, compile, uniform: bool, act: str):
+    why = None if uniform else "non-uniform knots (after update_grid)"
+    why = why or ("an activation module without a closed-form derivative in the kernels" if act == "module" else None)
+    return triton_kernels("BSplineKAN", "kanvision.kinds.bspline.triton", x, cdtype, compile, why)
 
 
 def _dynamic(x, feats, uniform: bool):
@@ -98,6 +176,17 @@ def _reference_out(x, base_weight, spline_weight, spline_scaler, grid, order, mo
     return torch.mm(feats.reshape(x.size(0), -1).to(cdtype), weight.to(cdtype).t())
 
 
+def _weight_grads(gw, need, spline_weight, spline_scaler):
+    """(base, spline, scaler) gradients from gw (out, in, 1 + G + k) = dL/d[w_b, s * c], each None unless needed."""
+    if gw is None:
+        return None, None, None
+    gs = gw[..., 1:]
+    gbw = gw[..., 0].contiguous() if need[1] else None
+    gsw = (gs if spline_scaler is None else gs * spline_scaler.unsqueeze(-1)).contiguous() if need[2] else None
+    gsc = (gs * spline_weight).sum(-1) if need[3] else None
+    return gbw, gsw, gsc
+
+
 class BSplineKANFunction(torch.autograd.Function):
     """(x (N, in), base_weight, spline_weight, spline_scaler or None, grid, ta, tb, order, uniform, act,
     compile, spec, module, cdtype) -> (N, out) in cdtype.
@@ -110,16 +199,26 @@ class BSplineKANFunction(torch.autograd.Function):
     def forward(ctx, x, base_weight, spline_weight, spline_scaler, grid, ta, tb, order, uniform, act, compile, spec,
                 module, cdtype):
         with no_autocast(x.device.type):  # every cast below is explicit
-            feats, slot_major = features(x, ta, tb, order, uniform, act, compile, spec, module, cdtype)
-            weight = _combined_weight(base_weight, spline_weight, spline_scaler, slot_major).to(cdtype)
+            y, ctx.kernels = None, None if spec is None else _triton(x, cdtype, compile, uniform, act)
+            if ctx.kernels is not None:
+                try:
+                    weight = _combined_weight(base_weight, spline_weight, spline_scaler, True).to(cdtype)
+                    y = ctx.kernels.forward(x.detach(), weight, ta, tb, order, act, cdtype)
+                except Exception as e:  # noqa: BLE001 - a Triton compile / launch error: today's kernels from now on
+                    triton_failed("BSplineKAN", e)
+                    ctx.kernels = None
+            if y is None:
+                feats, slot_major = features(x, ta, tb, order, uniform, act, compile, spec, module, cdtype)
+                weight = _combined_weight(base_weight, spline_weight, spline_scaler, slot_major).to(cdtype)
+                # reshape, not view: traced / meta features follow x's strides, and a (rows, in) view of a
+                # channels-last tensor (ConvMixer on one image) is not contiguous; scratch / eager features are.
+                y = torch.mm(feats.reshape(x.size(0), -1), weight.t())
             if spec is None:  # traced: the knot tables are graph values and must be saved like any other
                 ctx.save_for_backward(x, base_weight, spline_weight, spline_scaler, grid, ta, tb)
             else:  # eager: the layer's cached spec holds them; only batch-sized x is saved beside the weights
                 ctx.save_for_backward(x, base_weight, spline_weight, spline_scaler)
             ctx.cfg = (order, uniform, act, compile, spec, module, cdtype)
-            # reshape, not view: traced / meta features follow x's strides, and a (rows, in) view of a channels-last
-            # tensor (ConvMixer on one image) is not contiguous; the scratch and eager features always are.
-            return torch.mm(feats.reshape(x.size(0), -1), weight.t())
+            return y
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -135,6 +234,18 @@ class BSplineKANFunction(torch.autograd.Function):
             grads = iter(torch.autograd.grad(out, [t for t, n in zip(inputs, need) if n], grad_out,
                                              create_graph=True))
             return (*[next(grads) if n else None for n in need[:4]], *[None] * 10)
+        if ctx.kernels is not None and "BSplineKAN" not in _TRITON_FAILED:
+            try:
+                with no_autocast(x.device.type):
+                    g, gx, gw = grad_out.to(cdtype).contiguous(), None, None
+                    if need[0]:
+                        weight = _combined_weight(base_weight, spline_weight, spline_scaler, True).to(cdtype)
+                        gx = ctx.kernels.input_grad(x.detach(), g, weight, ta, tb, order, act)
+                    if need[1] or need[2] or need[3]:
+                        gw = ctx.kernels.weight_grad(x.detach(), g, ta, tb, order, act).to(base_weight.dtype)
+                return gx, *_weight_grads(gw, need, spline_weight, spline_scaler), *[None] * 10
+            except Exception as e:  # noqa: BLE001 - as in forward: today's kernels below
+                triton_failed("BSplineKAN", e)
         with no_autocast(x.device.type):
             grad_out = grad_out.to(cdtype).contiguous()
             n, n_in = x.size(0), x.size(1)
@@ -144,16 +255,7 @@ class BSplineKANFunction(torch.autograd.Function):
                 gw = torch.mm(grad_out.t(), feats.reshape(n, -1)).to(base_weight.dtype)
                 gw = gw.view(base_weight.size(0), -1, n_in).transpose(1, 2) if slot_major else \
                     gw.view(base_weight.size(0), n_in, -1)  # (out, in, 1 + G + k) either way
-                gbw = gw[..., 0] if need[1] else None
-                gs = gw[..., 1:]
-                if need[2]:
-                    gsw = gs if spline_scaler is None else gs * spline_scaler.unsqueeze(-1)
-                if need[3]:
-                    gsc = (gs * spline_weight).sum(-1)
-                if need[1]:
-                    gbw = gbw.contiguous()
-                if need[2]:
-                    gsw = gsw.contiguous()
+                gbw, gsw, gsc = _weight_grads(gw, need, spline_weight, spline_scaler)
             if need[0]:
                 weight = _combined_weight(base_weight, spline_weight, spline_scaler, slot_major).to(cdtype)
                 if _traced() or spec is None:

@@ -23,7 +23,7 @@ from kanvision.kinds.bspline import fit as bspline_fit
 from kanvision.kinds import init as kan_init
 from kanvision.kinds.bspline.basis import b_spline_basis, grid_is_uniform, uniform_basis, uniform_knots
 from kanvision.kinds.bspline.dense import activation_kind, dense_tables
-from kanvision.kinds.bspline.fast import bspline_kan
+from kanvision.kinds.bspline.fast import bspline_kan, kernel_switch
 from kanvision.kinds.bspline.local import SplineSpec
 from kanvision.kinds.scripting import no_torchscript
 
@@ -56,7 +56,9 @@ class BSplineKAN(nn.Module):
     differentiate twice, which the Hessian analysis uses. `compile` (fast path): None (default) compiles the kernels where that works (CPU with a C++
     compiler, CUDA with Triton; a one-time cost of seconds per kernel variant on first use, cached on disk by
     inductor), True asks for it, False keeps the eager kernels; `KANVISION_COMPILE=0` opts out process-wide.
-    A variant that fails to compile warns once with the cause and runs eager.
+    A variant that fails to compile warns once with the cause and runs eager. On CUDA with Triton, None also runs
+    the fused Triton kernels (bspline/triton.py) while the knots are uniform; "triton" asks for them, and the
+    strings "auto", "compiled", "eager" name None, True, False (see `bspline.fast.kernel_switch`).
 
     Whether the knots are uniform is kept as Python state (`grid_uniform`), refreshed when the grid changes
     through update_grid, load_state_dict or .to(); after editing `grid` in place by hand, call
@@ -102,7 +104,7 @@ class BSplineKAN(nn.Module):
         device=None,
         dtype=None,
         impl: str = "fast",
-        compile: bool | None = None,
+        compile: bool | str | None = None,
         init: str = "default",
     ):
         super().__init__()
@@ -135,7 +137,7 @@ class BSplineKAN(nn.Module):
         if enable_standalone_scale_spline:
             self.spline_scaler = nn.Parameter(torch.empty(self.out_features, self.in_features, **factory))
         self.base_activation = base_activation()
-        self.impl, self.compile = impl, None if compile is None else bool(compile)
+        self.impl, self.compile = impl, kernel_switch(compile, "BSplineKAN")
         self.init = init
         self._act = activation_kind(self.base_activation)
         self._plan, self._plan_key = None, None

@@ -21,7 +21,7 @@ KIND = Kind(
     + (int(kw.get("num_grids", 8)) if kw.get("train_grid") else 0) + (1 if kw.get("train_denominator") else 0),
     basis_flops=lambda layer: basis_flops(layer.num_grids),
     init_choices=("default", "kaiming_normal", "kaiming_uniform", "orthogonal", "lecun", "glorot"),
-    integer_kwargs=frozenset({"num_grids"}), reinit_after_host=True, impls=("fast", "reference"), hvp_impl="reference", fused="compiled",
+    integer_kwargs=frozenset({"num_grids"}), reinit_after_host=True, impls=("fast", "reference"), hvp_impl="reference", fused="triton",
     key_markers=(".spline_linear.weight", ".rbf.grid", ".layernorm.weight"),
     # The fast kernel saves x and LayerNorm's output (the basis is rebuilt in backward) and LayerNorm's mean and
     # 1/std per row.

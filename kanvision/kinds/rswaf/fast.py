@@ -7,13 +7,17 @@ gradient needs. Kernels as for the B-spline layer (bspline_fast.py): traced dens
 `torch.compile(model)` / export / meta, compiled dense kernels into scratch buffers when the layer compiles,
 eager kernels otherwise. Mixed precision: basis and matmul in the autocast dtype, the tanh arithmetic and
 the input-gradient sum in float32. Centres and width are constants here: with train_grid /
-train_denominator the layer uses the plain autograd path.
+train_denominator the layer uses the plain autograd path. On CUDA with Triton, `compile=None` (auto) or
+"triton" runs the fused kernels of rswaf/triton.py (basis in the matmul tiles, forward and both gradients), with
+one warning and the paths above if they fail (the switch and the fallback are the B-spline layer's:
+bspline.fast.triton_kernels).
 """
 from __future__ import annotations
 
 import torch
 
 from kanvision.kinds.autocast import autocast_dtype, no_autocast
+from kanvision.kinds.bspline.fast import triton_failed, triton_kernels
 from kanvision.kinds.compile import run_compiled, use_compiled
 from kanvision.kinds.rswaf.basis import dense_basis, dense_basis_backward, rswaf_basis
 from kanvision.kinds.workspace import scratch
@@ -76,6 +80,9 @@ def backward(u, gbuf, centres, inv_h, compile: bool | None, traced: bool = False
     return (b if b.dtype == gbuf.dtype else gbuf.copy_(b)), grad_u.to(u.dtype)
 
 
+_KIND = "RSWAFKAN"
+
+
 class RSWAFKANFunction(torch.autograd.Function):
     """(u (N, in), weight (out, in * G), centres (G,), h (0-dim), compile, cdtype) -> (N, out) in cdtype.
 
@@ -86,9 +93,16 @@ class RSWAFKANFunction(torch.autograd.Function):
     def forward(ctx, u, weight, centres, h, compile, cdtype):
         traced = torch.compiler.is_compiling()
         with no_autocast(u.device.type):  # every cast below is explicit
-            b = basis(u, centres, 1.0 / h, compile, cdtype, traced)
             ctx.save_for_backward(u, weight, centres, h)
             ctx.cfg = (compile, cdtype)
+            ctx.kernels = triton_kernels(_KIND, "kanvision.kinds.rswaf.triton", u, cdtype, compile, None)
+            if ctx.kernels is not None:
+                try:
+                    return ctx.kernels.forward(u.detach(), weight.to(cdtype), centres, 1.0 / h, cdtype)
+                except Exception as e:  # noqa: BLE001 - a Triton compile / launch error: today's kernels from now on
+                    triton_failed(_KIND, e)
+                    ctx.kernels = None
+            b = basis(u, centres, 1.0 / h, compile, cdtype, traced)
             return torch.mm(b.view(u.size(0), -1), weight.to(cdtype).t())
 
     @staticmethod
@@ -102,6 +116,15 @@ class RSWAFKANFunction(torch.autograd.Function):
             wanted = [t for t, n in zip((u, weight), need[:2]) if n]
             grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True))
             return (next(grads) if need[0] else None), (next(grads) if need[1] else None), None, None, None, None
+        if ctx.kernels is not None:
+            try:
+                with no_autocast(u.device.type):
+                    g, inv_h = grad_out.to(cdtype).contiguous(), 1.0 / h
+                    gu = ctx.kernels.input_grad(u.detach(), g, weight.to(cdtype), centres, inv_h) if need[0] else None
+                    gw = ctx.kernels.weight_grad(u.detach(), g, centres, inv_h).to(weight.dtype) if need[1] else None
+                return gu, gw, None, None, None, None
+            except Exception as e:  # noqa: BLE001 - as in forward: today's kernels below
+                triton_failed(_KIND, e)
         traced = torch.compiler.is_compiling()
         with no_autocast(u.device.type):
             grad_out = grad_out.to(cdtype).contiguous()

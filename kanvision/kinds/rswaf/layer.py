@@ -18,6 +18,7 @@ from torch import nn
 
 from kanvision.kinds import init as kan_init
 from kanvision.kinds.rswaf.basis import rswaf_basis
+from kanvision.kinds.bspline.fast import kernel_switch
 from kanvision.kinds.rswaf.fast import rswaf_kan
 from kanvision.kinds.scripting import no_torchscript
 
@@ -86,7 +87,8 @@ class RSWAFKAN(nn.Module):
     Non-finite inputs propagate through the LayerNorm to every output of that sample (NaN), never hidden.
     `impl`: None (default) = "fast" (`rswaf_fast.RSWAFKANFunction`, basis rebuilt in backward) unless the
     centres or width are trainable, then "reference" (plain autograd). `compile`: None (default) compiles the
-    fast kernels where that works, True asks for it, False keeps them eager (see BSplineKAN).
+    fast kernels where that works (on CUDA with Triton: the fused kernels of rswaf/triton.py), True asks for
+    compiled, False keeps them eager, "triton" asks for the fused kernels (see BSplineKAN).
 
     `init` (formulas and sources in `kan_init`; the LayerNorm always starts as weight 1, bias 0, and the
     centres and width are hyper-parameters, so every choice touches `spline_linear.weight` only, the one
@@ -108,7 +110,7 @@ class RSWAFKAN(nn.Module):
     def __init__(self, in_features: int, out_features: int, grid_min: float = -2.0, grid_max: float = 2.0,
                  num_grids: int = 8, denominator: float = 0.33, train_grid: bool = False,
                  train_denominator: bool = False, device=None, dtype=None, impl: str | None = None,
-                 compile: bool | None = None, init: str = "default"):
+                 compile: bool | str | None = None, init: str = "default"):
         super().__init__()
         self.init = kan_init.check_init("RSWAFKAN", init)
         if int(in_features) < 1 or int(out_features) < 1:
@@ -121,7 +123,7 @@ class RSWAFKAN(nn.Module):
         if impl == "fast" and trainable_basis:
             raise ValueError("RSWAFKAN: impl='fast' needs fixed centres and width; with train_grid/train_denominator "
                              "use impl='reference' (or leave impl unset)")
-        self.impl, self.compile = impl, None if compile is None else bool(compile)
+        self.impl, self.compile = impl, kernel_switch(compile, "RSWAFKAN")
         factory = dict(device=device, dtype=dtype)
         self.in_features, self.out_features, self.num_grids = int(in_features), int(out_features), int(num_grids)
         self.layernorm = nn.LayerNorm(self.in_features, **factory)
