@@ -245,8 +245,12 @@ def test_regularization_loss_matches_definitions():
     want = 2.0 * l1x.sum() - 0.5 * (px * px.log()).sum()
     got = layer.regularization_loss(x, regularize_activation=2.0, regularize_entropy=0.5)
     assert torch.allclose(got, want)
+    # The gradient's value: autograd through the formula written above (want), not just "some gradient".
+    grads_want = torch.autograd.grad(want, [layer.spline_weight, layer.spline_scaler], retain_graph=True)
     got.backward()
     assert layer.spline_weight.grad is not None and layer.spline_weight.grad.abs().sum() > 0
+    assert torch.allclose(layer.spline_weight.grad, grads_want[0], rtol=1e-10, atol=1e-12)
+    assert torch.allclose(layer.spline_scaler.grad, grads_want[1], rtol=1e-10, atol=1e-12)
 
 
 def test_reference_path_gradcheck():

@@ -303,5 +303,11 @@ def test_scratch_is_reused_grows_and_survives_inference_mode():
     x = torch.randn(8, 6, requires_grad=True)
     layer(x).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+    # The value: the input gradient of the reference (Cox-de Boor autograd) path with the same weights.
+    ref = BSplineKAN(6, 3, impl="reference")
+    ref.load_state_dict(layer.state_dict())
+    xr = x.detach().clone().requires_grad_()
+    ref(xr).sum().backward()
+    assert torch.allclose(x.grad, xr.grad, rtol=1e-5, atol=1e-6)
     release_scratch()
     assert scratch_bytes() == 0

@@ -132,7 +132,7 @@ def test_lightning_bf16_mixed_fit(tmp_path, kind, capsys, monkeypatch, write_con
     out = capsys.readouterr().out
     train = [s for s in seen if s[1]]
     assert len(train) == 2 * 3  # fc1 and fc2, one forward each per step
-    # Matmuls in bf16: each layer returns bf16, so fc2 is fed bf16 (the float32 LayerNorm output feeds fc1).
+    # Matmuls in bf16: each layer returns bf16 (fp32 would return float32), so fc2 is fed bf16.
     assert {(n, o) for n, _, _, o in seen} == {("fc1", torch.bfloat16), ("fc2", torch.bfloat16)}
     assert {i for n, _, i, _ in seen if n == "fc2"} == {torch.bfloat16}
     assert "val: top-1" in out
