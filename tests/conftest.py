@@ -26,7 +26,7 @@ def one_block(name: str) -> dict:
     return dict(ONE_BLOCK[family])
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_model():
     import timm
 
@@ -38,7 +38,7 @@ def tiny_model():
     return build
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")  # a pure function: module-scoped fixtures (test_cli.py) use it too
 def write_config():
     def write(tmp_path, **over):
         cfg = {k: dict(v) for k, v in FIT_CONFIG.items()}
@@ -52,7 +52,7 @@ def write_config():
     return write
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def saved_floats():
     import torch
 

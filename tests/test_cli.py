@@ -11,22 +11,7 @@ import yaml
 from kanvision import load_pretrained
 from kanvision.cli import main
 
-CONFIG = {
-    "model": {"model": "kan_mixer_tiny_p4_32", "kan": "bspline", "model_kwargs": {"num_blocks": 1}},
-    "data": {"dataset": "synthetic", "batch_size": 16, "num_workers": 0, "synthetic_size": 64, "augment": "none"},
-    "trainer": {"max_epochs": 1, "enable_progress_bar": False, "enable_model_summary": False,
-                "accelerator": "cpu", "devices": 1},
-}
-
-
-def write_config(tmp_path, **over):
-    cfg = {k: dict(v) for k, v in CONFIG.items()}
-    for key, value in over.items():
-        section, name = key.split("__")
-        cfg[section][name] = value
-    path = tmp_path / "cfg.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
+# write_config (tests/conftest.py): the one-block B-spline Mixer on synthetic images, FIT_CONFIG there.
 
 
 class StopAfterFirstEpoch(L.Callback):
@@ -40,7 +25,7 @@ def run_dir(root: Path, name: str) -> Path:
     return root / name / "version_0"
 
 
-def test_fit_writes_a_complete_run(tmp_path, capsys):
+def test_fit_writes_a_complete_run(tmp_path, capsys, write_config):
     main(["fit", "--config", write_config(tmp_path), f"--trainer.default_root_dir={tmp_path}", "--name=t"])
     out = capsys.readouterr().out
     assert re.search(r"val: top-1 \d\.\d{4}  top-5 \d\.\d{4}", out)
@@ -64,7 +49,7 @@ def test_fit_writes_a_complete_run(tmp_path, capsys):
     assert re.search(r"test: top-1 \d\.\d{4}", capsys.readouterr().out)
 
 
-def test_print_config(tmp_path, capsys):
+def test_print_config(tmp_path, capsys, write_config):
     with pytest.raises(SystemExit) as e:
         main(["fit", "--config", write_config(tmp_path), "--model.kan=rswaf", "--print_config"])
     assert e.value.code in (0, None)
@@ -72,7 +57,7 @@ def test_print_config(tmp_path, capsys):
     assert printed["model"]["kan"] == "rswaf" and printed["data"]["dataset"] == "synthetic"
 
 
-def test_user_errors_are_one_line(tmp_path):
+def test_user_errors_are_one_line(tmp_path, write_config):
     with pytest.raises(SystemExit, match=r"kanvision: error: CIFAR-10 not found: looked for .*nothing_here"):
         main(["fit", "--config", write_config(tmp_path), "--data.dataset=cifar10",
               f"--data.root={tmp_path / 'nothing_here'}", "--data.download=false"])
@@ -133,7 +118,7 @@ def test_shell_gets_an_exit_status_not_the_tools_result(monkeypatch):
     assert main() == 3
 
 
-def test_diverging_run_stops_and_is_marked(tmp_path):
+def test_diverging_run_stops_and_is_marked(tmp_path, write_config):
     """lr 1e4: the loss turns NaN; training stops there with one line, non-zero exit and status.json.
     (No validation before it: a validation of those weights would stop the run first, as validation diverged,
     tests/test_faults.py.)"""
@@ -160,7 +145,7 @@ class FailAtSecondStep(L.Callback):
             raise RuntimeError("disk full\nsecond line")
 
 
-def test_run_status_finished_failed_and_none_for_fast_dev_run(tmp_path):
+def test_run_status_finished_failed_and_none_for_fast_dev_run(tmp_path, write_config):
     import json
     cfg = write_config(tmp_path)
     quick = ["--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
@@ -205,7 +190,7 @@ def test_runs_of_the_same_name_get_their_own_directory(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def bspline_ckpt(tmp_path_factory):
+def bspline_ckpt(tmp_path_factory, write_config):
     """A B-spline Mixer checkpoint trained one step on 10 synthetic classes, and its config."""
     tmp_path = tmp_path_factory.mktemp("ckpt")
     cfg = write_config(tmp_path)
@@ -247,7 +232,7 @@ def test_checkpoint_with_other_classes_than_the_data_is_one_line(tmp_path, bspli
             check_ckpt_classes(last, renamed)
 
 
-def test_image_size_of_a_fixed_input_model_is_one_line(tmp_path):
+def test_image_size_of_a_fixed_input_model_is_one_line(tmp_path, write_config):
     """Was an AssertionError traceback from the patch embedding in the sanity check."""
     with pytest.raises(SystemExit) as e:
         main(["fit", "--config", write_config(tmp_path), f"--trainer.default_root_dir={tmp_path}",
@@ -272,7 +257,7 @@ def test_kan_options_have_help(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "--model.kan KAN what replaces the zoo model's channel MLPs: none (timm's MLP) | bspline | rswaf" in out
+    assert "--model.kan KAN what replaces the zoo model's channel MLPs: none (timm's MLP) or a KAN kind (`kanvision kinds`" in out
     assert "--model.kan_hidden KAN_HIDDEN hidden width of each KAN MLP, a whole number" in out
     assert "--model.kan_kwargs KAN_KWARGS KAN layer keywords, e.g. {grid_size: 5, spline_order: 3}" in out
 
@@ -289,7 +274,7 @@ class TrainEvalProbe(L.Callback):
             self.labels.append(batch[1].clone())
 
 
-def test_train_eval_accuracy_is_measured_on_unaugmented_training_images(tmp_path, capsys):
+def test_train_eval_accuracy_is_measured_on_unaugmented_training_images(tmp_path, capsys, write_config):
     """train_eval/acc1 (logged at every validation) is the model's accuracy on the data module's fixed subset of
     the images it trains on, with the evaluation transform though training augments; val/acc1 keeps its name and
     its values (the checkpoint monitor), and `kanvision validate` prints the gap."""

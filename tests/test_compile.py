@@ -98,16 +98,14 @@ def test_compiled_model_follows_a_grid_update():
 
 
 @pytest.mark.slow
-def test_short_fit_recompiles_are_bounded(tmp_path):
+def test_short_fit_recompiles_are_bounded(tmp_path, write_config):
     # 40 training images in batches of 16 (last batch 8), validation batches of 10, sanity check and a grid
     # update at step 0 (uniform -> general kernels): every kernel variant ends with exactly one graph.
     kcompile._VARIANTS.clear(), kcompile._CODES.clear(), kcompile._FAILURES.clear()
     torch._dynamo.reset()
-    main(["fit", "--model.model=kan_mixer_tiny_p4_32", "--model.kan=bspline", "--model.model_kwargs={num_blocks: 1}",
-          "--model.grid_update_every=1", "--model.grid_update_until=0", "--data.dataset=synthetic",
-          "--data.synthetic_size=40", "--data.batch_size=16", "--data.augment=none", "--data.num_workers=0",
-          "--trainer.max_epochs=2", "--trainer.accelerator=cpu", "--trainer.devices=1",
-          "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}", "--name=rc"])
+    cfg = write_config(tmp_path, model__grid_update_every=1, model__grid_update_until=0, data__synthetic_size=40,
+                       trainer__max_epochs=2, trainer__default_root_dir=str(tmp_path))
+    main(["fit", "--config", cfg, "--name=rc"])
     graphs = kcompile.kernel_graphs()
     print("compiled graphs per kernel variant:", {key[2:]: n for key, n in graphs.items()})  # shown with -s
     assert not kcompile.compile_failures()

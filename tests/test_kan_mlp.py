@@ -99,9 +99,17 @@ def test_plugs_into_timm_blocks_unchanged(kind):
     assert out.shape == (2, 9, 16)
     vit_block = Block(16, num_heads=2, mlp_layer=kan_mlp_layer(kind))
     assert isinstance(vit_block.mlp, KanMlp)
-    out = vit_block(torch.randn(2, 5, 16))
+    x = torch.randn(2, 5, 16)
+    out = vit_block(x)
     out.sum().backward()
     assert all(p.grad is not None for p in vit_block.parameters() if p.requires_grad)
+    # The values: the block is timm's pre-norm residual sum with the KanMlp as its MLP branch on (B, N, C) tokens,
+    # and every trainable parameter gets a finite, non-zero gradient (not a zero tensor).
+    with torch.no_grad():
+        x1 = x + vit_block.ls1(vit_block.attn(vit_block.norm1(x)))
+        assert torch.allclose(out, x1 + vit_block.ls2(vit_block.mlp(vit_block.norm2(x1))), rtol=1e-6, atol=1e-6)
+    assert all(torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+               for p in vit_block.parameters() if p.requires_grad)
 
 
 def test_partial_keywords_reach_layers():

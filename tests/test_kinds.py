@@ -68,9 +68,9 @@ def test_unknown_kind_is_one_clear_line(bad):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_bad_layer_argument_is_one_clear_line(kind):
+def test_bad_layer_argument_is_one_clear_line(kind, tiny_model):
     with pytest.raises((ValueError, TypeError)) as e:
-        timm.create_model("kan_mixer_tiny_p4_32", kan=kind, num_blocks=1, kan_kwargs=dict(no_such_option=3))
+        tiny_model("kan_mixer_tiny_p4_32", kind, kan_kwargs=dict(no_such_option=3))
     assert "no_such_option" in str(e.value) and "\n" not in str(e.value)
 
 
@@ -138,14 +138,14 @@ def test_torch_compile_traces_without_graph_breaks(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_meta_fx_export_and_torchscript(kind):
+def test_meta_fx_export_and_torchscript(kind, tiny_model):
     from timm.models._features_fx import create_feature_extractor, get_graph_node_names
 
     with torch.device("meta"):
-        meta = timm.create_model("kan_mixer_tiny_p4_32", kan=kind, num_blocks=1, num_classes=10)
+        meta = tiny_model("kan_mixer_tiny_p4_32", kind, num_classes=10)
         assert meta(torch.empty(2, 3, 32, 32)).shape == (2, 10)
     torch.manual_seed(0)
-    model = timm.create_model("kan_mixer_tiny_p4_32", kan=kind, num_blocks=1, num_classes=10).eval()
+    model = tiny_model("kan_mixer_tiny_p4_32", kind, num_classes=10).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         want = model(x)
@@ -227,11 +227,11 @@ def test_hessian_vector_product_on_the_hvp_path(kind):
 
 
 @pytest.mark.parametrize("kind", [k for k in KINDS if get_kind(k).grid_update])
-def test_grid_update_keeps_the_function_on_its_data(kind):
+def test_grid_update_keeps_the_function_on_its_data(kind, tiny_model):
     from kanvision.train.grid_update import grid_layers, update_grids
 
     torch.manual_seed(0)
-    model = timm.create_model("kan_mixer_tiny_p4_32", kan=kind, num_blocks=1, num_classes=10).eval()
+    model = tiny_model("kan_mixer_tiny_p4_32", kind, num_classes=10).eval()
     images = torch.randn(8, 3, 32, 32)
     before = [tuple(t.clone() for t in layer.empty_grid_state()) for layer in grid_layers(model)]
     with torch.no_grad():  # features: timm's Mixer starts with a zero head
@@ -298,14 +298,14 @@ class PolyKAN(nn.Module):
         return torch.einsum("...id,oid->...o", powers, self.coeffs)
 
 
-def test_a_user_registers_a_kind_without_editing_kanvision(monkeypatch):
+def test_a_user_registers_a_kind_without_editing_kanvision(monkeypatch, tiny_model):
     monkeypatch.setattr(registry, "_loaded", dict(registry._loaded))  # leave the registry as it was afterwards
     record = register_kind(Kind(
         name="poly", layer=PolyKAN, title="tanh-polynomial", formula="y = sum C[o,i,d] tanh(x_i)^d",
         source="tests/test_kinds.py", params=lambda i, o, kw: i * o * (int(kw.get("degree", 3)) + 1),
         basis_flops=lambda layer: 2 * layer.degree + 1, memory=lambda layer: layer.in_features))
     assert "poly" in available_kinds() and get_kind("poly") is record
-    model = timm.create_model("kan_mixer_tiny_p4_32", kan="poly", num_classes=10, num_blocks=1)
+    model = tiny_model("kan_mixer_tiny_p4_32", "poly", num_classes=10)
     assert isinstance(model.blocks[0].mlp_channels.fc1, PolyKAN)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     with pytest.raises(ValueError, match="exists already"):

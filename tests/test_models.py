@@ -80,18 +80,18 @@ def test_unknown_kind_and_bad_options_are_clear():
         timm.create_model("kan_mixer_tiny_p4_32", kan="bspline", kan_kwargs=dict(base_activation="swish"))
 
 
-def test_kan_options_reach_the_layers():
+def test_kan_options_reach_the_layers(tiny_model):
     model = timm.create_model("kan_deit_tiny_patch4_32", kan="bspline", kan_hidden=32, depth=1,
                               kan_kwargs=dict(grid_size=3, spline_order=2, base_activation="gelu"))
     fc1, fc2 = model.blocks[0].mlp.fc1, model.blocks[0].mlp.fc2
     assert (fc1.in_features, fc1.out_features, fc2.out_features) == (192, 32, 192)
     assert fc1.spline_weight.shape == (32, 192, 5) and isinstance(fc1.base_activation, nn.GELU)
     # Default base branch is efficient-kan's SiLU, not the host block's GELU.
-    default = timm.create_model("kan_mixer_tiny_p4_32", kan="bspline", num_blocks=1)
+    default = tiny_model("kan_mixer_tiny_p4_32", "bspline")
     assert isinstance(default.blocks[0].mlp_channels.fc1.base_activation, nn.SiLU)
     # Mixer: channel MLPs swapped, token MLPs only on request (timm's token width kept).
     assert isinstance(default.blocks[0].mlp_tokens.fc1, nn.Linear)
-    tok = timm.create_model("kan_mixer_tiny_p4_32", kan="rswaf", num_blocks=1, kan_token_mixing=True)
+    tok = tiny_model("kan_mixer_tiny_p4_32", "rswaf", kan_token_mixing=True)
     assert isinstance(tok.blocks[0].mlp_tokens.fc1, RSWAFKAN) and tok.blocks[0].mlp_tokens.fc1.in_features == 64
     # ConvMixer: the 1x1 conv becomes one KAN layer, or a KAN MLP when kan_hidden is given.
     cm = meta_model("kan_convmixer_256_8", kan="bspline")
@@ -107,20 +107,13 @@ def test_match_params_within_one_percent(name, kind):
     assert abs(mlp - kan) <= 0.01 * kan and mlp != n_params(meta_model(name, num_classes=100))
 
 
-# Every registered model x kind, one block each (the block code is the same at every depth), keeping
+# Every registered model x kind, one block each (tiny_model: the block code is the same at every depth), keeping
 # the real widths, so no parameter anywhere in the zoo's structure can miss its gradient.
-SHALLOW = {"kan_mixer": dict(num_blocks=1), "kan_convmixer": dict(depth=1), "kan_deit": dict(depth=1)}
-
-
-def shallow(name):
-    return next(v for k, v in SHALLOW.items() if name.startswith(k))
-
-
 @pytest.mark.parametrize("name", ZOO)
 @pytest.mark.parametrize("kind", KINDS)
-def test_every_parameter_gets_a_gradient(name, kind):
+def test_every_parameter_gets_a_gradient(name, kind, tiny_model):
     torch.manual_seed(0)
-    model = timm.create_model(name, kan=kind, num_classes=3, **shallow(name))
+    model = tiny_model(name, kind, num_classes=3)
     nn.init.normal_(model.get_classifier().weight)  # timm's Mixer zero-inits its head: no gradient would flow
     size = model.pretrained_cfg["input_size"][-1]
     model(torch.randn(2, 3, size, size)).logsumexp(-1).sum().backward()
@@ -132,10 +125,21 @@ def test_every_parameter_gets_a_gradient(name, kind):
 
 def test_full_depth_small_models_train_step():
     for name in ["kan_mixer_tiny_p4_32", "kan_convmixer_256_8", "kan_deit_tiny_patch4_32"]:
+        torch.manual_seed(0)
         model = timm.create_model(name, kan="bspline", num_classes=10)
-        loss = nn.functional.cross_entropy(model(torch.randn(2, 3, 32, 32)), torch.tensor([1, 2]))
+        # timm's Mixer zero-inits its head: every gradient below it would be exactly zero, and "not None" true.
+        nn.init.normal_(model.get_classifier().weight)
+        y = torch.tensor([1, 2])
+        logits = model(torch.randn(2, 3, 32, 32))
+        loss = nn.functional.cross_entropy(logits, y)
         loss.backward()
         assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters())
+        # The values: the loss is the mean -log softmax of the targets (float64), and every parameter of the full
+        # depth gets a finite, non-zero gradient (what DDP and the optimizer need), not a zero tensor.
+        want = -logits.detach().double().log_softmax(-1)[torch.arange(2), y].mean()
+        assert torch.allclose(loss.double(), want, rtol=1e-6, atol=1e-6)
+        dead = [n for n, p in model.named_parameters() if not (torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0)]
+        assert not dead, (name, dead[:5])
 
 
 def test_kan_init_survives_timm_init():
@@ -172,8 +176,8 @@ def test_drop_path_acts_on_kan_branch(name):
 
 
 @pytest.mark.parametrize("name", ["kan_mixer_tiny_p4_32", "kan_deit_tiny_patch4_32", "kan_convmixer_256_8"])
-def test_timm_api(name):
-    model = timm.create_model(name, kan="rswaf", num_classes=7, in_chans=1, **shallow(name)).eval()
+def test_timm_api(name, tiny_model):
+    model = tiny_model(name, "rswaf", num_classes=7, in_chans=1).eval()
     x = torch.randn(2, 1, 32, 32)
     feats = model.forward_features(x)
     assert model.forward_head(feats).shape == (2, 7)
@@ -190,14 +194,14 @@ def test_timm_api(name):
 
 
 @pytest.mark.parametrize("name", ["kan_mixer_tiny_p4_32", "kan_deit_tiny_patch4_32", "kan_convmixer_256_8"])
-def test_pretrained_file_through_timm(tmp_path, name):
+def test_pretrained_file_through_timm(tmp_path, name, tiny_model):
     torch.manual_seed(0)
-    model = timm.create_model(name, kan="bspline", num_classes=5, **shallow(name)).eval()
+    model = tiny_model(name, "bspline", num_classes=5).eval()
     # A Lightning-style file: weights under state_dict with the module's `model.` prefix, plus other entries.
     state = {"model." + k: v for k, v in model.state_dict().items()}
     torch.save({"state_dict": state, "epoch": 3}, tmp_path / "w.ckpt")
-    loaded = timm.create_model(name, kan="bspline", num_classes=5, pretrained=True, **shallow(name),
-                               pretrained_cfg_overlay=dict(file=str(tmp_path / "w.ckpt"), num_classes=5)).eval()
+    loaded = tiny_model(name, "bspline", num_classes=5, pretrained=True,
+                        pretrained_cfg_overlay=dict(file=str(tmp_path / "w.ckpt"), num_classes=5)).eval()
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(model(x), loaded(x))
     assert checkpoint_filter_fn({"module._orig_mod.head.bias": torch.zeros(1)}, model).keys() == {"head.bias"}

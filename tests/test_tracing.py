@@ -37,6 +37,13 @@ def test_fx_feature_extraction(name, extra, kind):
     out = next(iter(fx(x).values()))
     out.pow(2).mean().backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    # The values: the traced graph (sharing the model's parameters) gives the model's own gradients.
+    traced = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad(set_to_none=True)
+    model(x).pow(2).mean().backward()
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            assert torch.allclose(traced[n], p.grad, rtol=1e-5, atol=1e-7), n
     model.eval(), fx.eval()
     with torch.no_grad():
         assert torch.allclose(next(iter(fx(x).values())), model(x), atol=1e-6)
