@@ -104,7 +104,10 @@ def test_kan_options_reach_the_layers(tiny_model):
 def test_match_params_within_one_percent(name, kind):
     kan = n_params(meta_model(name, kan=kind, num_classes=100))
     mlp = n_params(meta_model(name, match_params=kind, num_classes=100))
-    assert abs(mlp - kan) <= 0.01 * kan and mlp != n_params(meta_model(name, num_classes=100))
+    plain = n_params(meta_model(name, num_classes=100))
+    assert abs(mlp - kan) <= 0.01 * kan
+    # The MLP is widened unless the kind is already the MLP's size within 1% (GR-KAN adds 76 per block).
+    assert mlp != plain or abs(kan - plain) <= 0.01 * kan
 
 
 # Every registered model x kind, one block each (tiny_model: the block code is the same at every depth), keeping
