@@ -168,8 +168,10 @@ def count_run(request, tmp_path_factory):
     config = {
         "model": {"model": "kan_mixer_tiny_p4_32", "kan": "none", "model_kwargs": {"num_blocks": 1, "img_size": 8}},
         # synthetic test split = synthetic_size // 4 images; 8x8 keeps 10,001 of them cheap
+        # loader workers: this checks the DataLoader path's EvalShard (the device loader's EvalBatches follow it:
+        # tests/test_device_loader.py)
         "data": {"dataset": "synthetic", "batch_size": 96, "num_workers": 0, "synthetic_size": 4 * N_TEST,
-                 "img_size": 8, "augment": "none"},
+                 "img_size": 8, "augment": "none", "loader": "workers"},
         "trainer": {"accelerator": "cpu", "devices": ranks, "strategy": "ddp", "enable_progress_bar": False,
                     "enable_model_summary": False, "default_root_dir": str(tmp_path / "runs"),
                     "callbacks": [{"class_path": "test_ddp.CountProbe", "init_args": {"out_dir": str(tmp_path)}}]},

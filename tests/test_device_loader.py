@@ -167,6 +167,8 @@ def test_fit_prints_the_loader_and_trains_from_the_device(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("kanvision: data loader: device: ") == 1 and "auto picks device" in out
     assert trainer.global_step == 2 and data._device_data is not None
+    # Shorter than a logging interval (50 steps): the last step still reports the fit's rate.
+    assert float(trainer.callback_metrics["train/images_per_s"]) > 0
 
 
 @pytest.mark.slow

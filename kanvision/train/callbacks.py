@@ -11,10 +11,10 @@ CUDA (one kernel for the whole update instead of a loop over tensors).
 `TrainThroughput` is Lightning's ThroughputMonitor (lightning.pytorch.callbacks.ThroughputMonitor: its
 `Throughput` windows, its table of device peaks for MFU) fed differently. ThroughputMonitor synchronizes CUDA
 after every batch to read the clock; here the device is synchronized only at the steps whose metrics are
-written (every `log_every_n_steps`), and the samples and FLOPs of the steps in between are counted from the
-batch shapes, which needs no sync. A rate is the images (FLOPs) of one logging interval over its wall time:
-exact over the interval, since CUDA queues at most a bounded amount of work ahead of the host and the
-interval ends with a sync.
+written (every `log_every_n_steps`, and the fit's last step), and the samples and FLOPs of the steps in between
+are counted from the batch shapes, which needs no sync. A rate is the images (FLOPs) of one logging interval
+over its wall time (the first interval starts at training start, so it includes the first steps' warm-up and
+compilation): exact over the interval, since the interval ends with a sync. Validation time is left out.
 
 Logged at each logging step (rank 0; no collective):
 - `train/images_per_s`: the job's training images per second (every rank's, summed: ranks step together),
@@ -59,8 +59,8 @@ def compile_by_default(device: torch.device) -> bool:
     alternated in one process, 12 pairs, so both saw the same load; medians): with the machine nearly idle
     (load average 1.5-2.7) eager 659 ms/step (194 img/s), compiled 715 ms (179 img/s), the compiled step's speed
     0.89x eager's per pair (a second run: 164 vs 149 img/s, 0.83x); under load 7-8 (shared with other jobs)
-    eager 13.0 img/s, compiled 10.1 img/s. Compiling cost 23-32 s with a warm inductor cache and 155 s cold before the first step.
-    No gain on this CPU, and a fixed cost longer than most CPU fits."""
+    eager 13.0 img/s, compiled 10.1 img/s. Compiling cost 23-32 s with a warm inductor cache and 155 s cold
+    before the first step. No gain on this CPU, and a fixed cost longer than most CPU fits."""
     return device.type == "cuda"
 
 
@@ -160,7 +160,10 @@ class TrainThroughput(ThroughputMonitor):
         self._paused = 0.0
         self._images = self._steps = self._flops = 0
         if RunningStage.TRAINING in self._throughputs:
+            # The window opens at training start, so the first logging step (or a fit shorter than one
+            # logging interval) already has a rate; later rates span one logging interval each.
             self._throughputs[RunningStage.TRAINING].reset()
+            self._throughputs[RunningStage.TRAINING].update(time=0.0, batches=0, samples=0, flops=0)
 
     def on_validation_start(self, trainer, pl_module) -> None:
         if trainer.state.stage != RunningStage.VALIDATING or trainer.sanity_checking or not hasattr(self, "_t0"):
@@ -186,7 +189,12 @@ class TrainThroughput(ThroughputMonitor):
         self._steps += 1
         if self.flops_per_image:
             self._flops += n * self.flops_per_image
-        if trainer.fit_loop._should_accumulate() or not trainer._logger_connector.should_update_logs:
+        if trainer.fit_loop._should_accumulate():
+            return
+        last = (0 <= trainer.max_steps <= trainer.global_step
+                or (trainer.is_last_batch and trainer.max_epochs is not None
+                    and trainer.current_epoch + 1 >= trainer.max_epochs > 0))
+        if not (trainer._logger_connector.should_update_logs or last):  # the fit's last step reports too
             return
         if not trainer.is_global_zero:
             return
@@ -196,7 +204,7 @@ class TrainThroughput(ThroughputMonitor):
                           samples=self._images, flops=self._flops or None)
         self._flops = 0
         metrics = throughput.compute()
-        if "device/samples_per_sec" not in metrics:  # the first logging step opens the window
+        if "device/samples_per_sec" not in metrics:
             return
         logged = {"train/images_per_s": metrics["device/samples_per_sec"] * trainer.world_size}
         for key in ("device/samples_per_sec", "device/flops_per_sec", "device/mfu"):
