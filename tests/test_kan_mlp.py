@@ -93,10 +93,11 @@ def test_dropout_and_norm_follow_timm():
 @pytest.mark.parametrize("kind", kind_names())
 def test_plugs_into_timm_blocks_unchanged(kind):
     torch.manual_seed(1)
-    mixer = MixerBlock(16, seq_len=9, mlp_layer=kan_mlp_layer(kind))
+    # 8 tokens: the token MLP is a KAN layer too, and GR-KAN splits its channels into 8 groups.
+    mixer = MixerBlock(16, seq_len=8, mlp_layer=kan_mlp_layer(kind))
     assert isinstance(mixer.mlp_channels, KanMlp) and isinstance(mixer.mlp_tokens, KanMlp)
-    out = mixer(torch.randn(2, 9, 16))
-    assert out.shape == (2, 9, 16)
+    out = mixer(torch.randn(2, 8, 16))
+    assert out.shape == (2, 8, 16)
     vit_block = Block(16, num_heads=2, mlp_layer=kan_mlp_layer(kind))
     assert isinstance(vit_block.mlp, KanMlp)
     x = torch.randn(2, 5, 16)
