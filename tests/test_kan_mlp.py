@@ -10,7 +10,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 import kanvision.layers as kl
-from kanvision.kinds import kind_names
+from kanvision.kinds import get_kind, kind_names
 from kanvision.layers import BSplineKAN, KanMlp, RSWAFKAN, kan_mlp_layer
 
 
@@ -95,11 +95,12 @@ def test_plugs_into_timm_blocks_unchanged(kind):
     torch.manual_seed(1)
     # 8 tokens: the token MLP is a KAN layer too, and GR-KAN splits its channels into 8 groups.
     mixer = MixerBlock(16, seq_len=8, mlp_layer=kan_mlp_layer(kind))
-    assert isinstance(mixer.mlp_channels, KanMlp) and isinstance(mixer.mlp_tokens, KanMlp)
+    mlp_cls = get_kind(kind).mlp or KanMlp  # a kind's own MLP class (GR-KAN), else KanMlp
+    assert isinstance(mixer.mlp_channels, mlp_cls) and isinstance(mixer.mlp_tokens, mlp_cls)
     out = mixer(torch.randn(2, 8, 16))
     assert out.shape == (2, 8, 16)
     vit_block = Block(16, num_heads=2, mlp_layer=kan_mlp_layer(kind))
-    assert isinstance(vit_block.mlp, KanMlp)
+    assert isinstance(vit_block.mlp, mlp_cls)
     x = torch.randn(2, 5, 16)
     out = vit_block(x)
     out.sum().backward()
