@@ -15,25 +15,18 @@ import argparse
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from timm.layers import Mlp
 
-from kanvision.device import resolve_device, synchronize
+from kanvision.device import cpu_name, resolve_device, synchronize
 from kanvision.kinds.grkan import GRKANMlp
 
 
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {torch.get_num_threads()} threads"
-    except OSError:
-        pass
-    return f"{platform.processor() or 'unknown CPU'}, {torch.get_num_threads()} threads"
+    return f"{cpu_name() or platform.processor() or 'unknown CPU'}, {torch.get_num_threads()} threads"
 
 
 def step_ms(module, x, cotangent, runs: int, warmup: int, device) -> float:

@@ -25,9 +25,10 @@ import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
+
+from kanvision.device import cpu_name
 import torch.nn.functional as F
 from torch import nn
 
@@ -105,13 +106,7 @@ KINDS = {  # name: (ours, published, feature slots K for the matmul floor)
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    return cpu_name() or platform.processor() or "unknown"
 
 
 def median_ms(fn, runs: int, warmup: int) -> float:

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from kanvision.analysis.memory import saved_tensor_bytes
-from kanvision.device import DeviceError, resolve_device, synchronize
+from kanvision.device import DeviceError, cpu_name, resolve_device, synchronize
 from kanvision.layers import BSplineKAN, RSWAFKAN
 from kanvision.kinds.workspace import release_scratch, scratch_bytes
 
@@ -47,13 +47,7 @@ GRID, ORDER, RSWAF_GRIDS = 5, 3, 8
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    return cpu_name() or platform.processor() or "unknown"
 
 
 def peer(name: str):

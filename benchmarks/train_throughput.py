@@ -39,6 +39,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from kanvision.device import cpu_name
+
 from kanvision.device import synchronize
 from kanvision.kinds import kind_names
 
@@ -46,12 +48,7 @@ MODELS = ("kan_mixer_tiny_p4_32", "kan_convmixer_128_8_p4", "kan_deit_tiny_patch
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name() or platform.processor() or platform.machine()
     text = f"CPU {cpu}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} threads"
     if torch.cuda.is_available():
         text = f"GPU {torch.cuda.get_device_name(0)} ({torch.cuda.device_count()} visible); " + text

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["DeviceError", "default_device", "resolve_device", "synchronize"]
+__all__ = ["DeviceError", "cpu_name", "default_device", "resolve_device", "synchronize"]
 
 
 class DeviceError(ValueError):
@@ -52,3 +52,12 @@ def synchronize(device: str | torch.device | None) -> None:
         torch.cuda.synchronize(device)
     else:
         torch.accelerator.synchronize(device)
+
+
+def cpu_name() -> str | None:
+    """The CPU's model name as /proc/cpuinfo gives it (benchmarks name their machine), else None."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        return None
