@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from kanvision.kinds.bspline import KIND as BSPLINE_KIND
-from kanvision.kinds.bspline import fast as bspline_fast
+from kanvision.kinds import dispatch
 from kanvision.kinds.rswaf import KIND as RSWAF_KIND
 from kanvision.layers import BSplineKAN, RSWAFKAN
 
@@ -253,7 +253,7 @@ def test_triton_gradcheck(kind):
 def test_triton_failure_warns_once_and_falls_back(kind, monkeypatch):
     """A kernel that fails (here: raises) costs one warning; that call and every later one run today's kernels
     with the same results."""
-    monkeypatch.setattr(bspline_fast, "_TRITON_FAILED", {})
+    monkeypatch.setattr(dispatch, "_TRITON_FAILED", {})
     module = bt if kind == "bspline" else rt
 
     def broken(*args, **kwargs):
@@ -300,8 +300,8 @@ def test_triton_compile_switch_and_registry():
             cls(4, 3, compile="fused")
         assert "\n" not in str(e.value)
     x = torch.randn(5, 4)
-    assert bspline_fast.triton_kernels("BSplineKAN", "kanvision.kinds.bspline.triton", x, x.dtype, None, None) is None
-    assert bspline_fast.triton_kernels("BSplineKAN", "kanvision.kinds.bspline.triton", x, x.dtype, True, None) is None
+    assert dispatch.triton_kernels("BSplineKAN", "kanvision.kinds.bspline.triton", x, x.dtype, None, None) is None
+    assert dispatch.triton_kernels("BSplineKAN", "kanvision.kinds.bspline.triton", x, x.dtype, True, None) is None
     assert BSPLINE_KIND.fused == "triton" and RSWAF_KIND.fused == "triton"
 
 

@@ -23,7 +23,8 @@ from kanvision.kinds.bspline import fit as bspline_fit
 from kanvision.kinds import init as kan_init
 from kanvision.kinds.bspline.basis import b_spline_basis, grid_is_uniform, uniform_basis, uniform_knots
 from kanvision.kinds.bspline.dense import activation_kind, dense_tables
-from kanvision.kinds.bspline.fast import bspline_kan, kernel_switch
+from kanvision.kinds.bspline.fast import bspline_kan
+from kanvision.kinds.dispatch import kernel_switch
 from kanvision.kinds.bspline.local import SplineSpec
 from kanvision.kinds.scripting import no_torchscript
 
@@ -58,7 +59,7 @@ class BSplineKAN(nn.Module):
     inductor), True asks for it, False keeps the eager kernels; `KANVISION_COMPILE=0` opts out process-wide.
     A variant that fails to compile warns once with the cause and runs eager. On CUDA with Triton, None also runs
     the fused Triton kernels (bspline/triton.py) while the knots are uniform; "triton" asks for them, and the
-    strings "auto", "compiled", "eager" name None, True, False (see `bspline.fast.kernel_switch`).
+    strings "auto", "compiled", "eager" name None, True, False (see `kinds.dispatch.kernel_switch`).
 
     Whether the knots are uniform is kept as Python state (`grid_uniform`), refreshed when the grid changes
     through update_grid, load_state_dict or .to(); after editing `grid` in place by hand, call

@@ -10,14 +10,14 @@ the input-gradient sum in float32. Centres and width are constants here: with tr
 train_denominator the layer uses the plain autograd path. On CUDA with Triton, `compile=None` (auto) or
 "triton" runs the fused kernels of rswaf/triton.py (basis in the matmul tiles, forward and both gradients), with
 one warning and the paths above if they fail (the switch and the fallback are the B-spline layer's:
-bspline.fast.triton_kernels).
+kinds.dispatch.triton_kernels).
 """
 from __future__ import annotations
 
 import torch
 
 from kanvision.kinds.autocast import autocast_dtype, no_autocast
-from kanvision.kinds.bspline.fast import triton_failed, triton_kernels
+from kanvision.kinds.dispatch import triton_failed, triton_kernels
 from kanvision.kinds.compile import run_compiled, use_compiled
 from kanvision.kinds.rswaf.basis import dense_basis, dense_basis_backward, rswaf_basis
 from kanvision.kinds.workspace import scratch

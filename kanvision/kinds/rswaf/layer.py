@@ -18,7 +18,7 @@ from torch import nn
 
 from kanvision.kinds import init as kan_init
 from kanvision.kinds.rswaf.basis import rswaf_basis
-from kanvision.kinds.bspline.fast import kernel_switch
+from kanvision.kinds.dispatch import kernel_switch
 from kanvision.kinds.rswaf.fast import rswaf_kan
 from kanvision.kinds.scripting import no_torchscript
 
