@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kanvision.hub.safe_load import CheckpointError, load_checkpoint_file
 from kanvision.kinds import get_kind, kind_names
 
 __all__ = [
@@ -43,9 +44,6 @@ _PRETRAINED_CFG_FIELDS = (  # carried over from the model's default cfg; weight 
     "pool_size", "license", "paper_ids", "paper_name", "origin_url", "description",
 )
 
-
-class CheckpointError(ValueError):
-    """A checkpoint or export that cannot be used as asked: missing, corrupt, tampered or mismatched."""
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -75,7 +73,6 @@ def sha256_file(path: Path) -> str:
 
 
 def _read_ckpt(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from kanvision.hub.safe_load import load_checkpoint_file
     ckpt = load_checkpoint_file(path)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{path}: not a Lightning checkpoint (no 'state_dict' entry)")
@@ -274,7 +271,6 @@ def _ckpt_callbacks_best(ckpt_path: Path) -> Path | None:
 
     An unreadable or refused (unsafe) file is an error, not "no best recorded": falling back to another file
     would hide that the run directory holds a file kanvision will not load."""
-    from kanvision.hub.safe_load import load_checkpoint_file
     ckpt = load_checkpoint_file(ckpt_path, mmap=True)
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{ckpt_path}: not a Lightning checkpoint (a {type(ckpt).__name__}, not a dict)")

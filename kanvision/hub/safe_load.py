@@ -14,14 +14,18 @@ from typing import Any
 
 import torch
 
-from kanvision.hub.checkpoints import CheckpointError
 
-__all__ = ["check_checkpoint_file", "load_checkpoint_file"]
+__all__ = ["CheckpointError", "check_checkpoint_file", "load_checkpoint_file"]
 
 
 # Plain-data classes a checkpoint may hold beyond what torch's weights-only unpickler allows by default: paths
 # (a hyper-parameter given as a Path). Rebuilding one runs no code of the file's choosing; anything else a file
 # names is refused. (Lightning writes hyper-parameters as a plain dict, so its AttributeDict is not needed.)
+
+class CheckpointError(ValueError):
+    """A checkpoint or export that cannot be used as asked: missing, corrupt, tampered or mismatched. (Defined here,
+    the lowest module that raises it; kanvision.hub.checkpoints re-exports it.)"""
+
 def _safe_globals() -> list:
     import pathlib
     return [pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath, pathlib.PureWindowsPath]

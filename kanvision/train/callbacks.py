@@ -45,7 +45,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 def check_compile_args(compile, mode: str) -> None:
     """ValueError (ConfigError) naming the argument when `compile` or `compile_mode` is not an allowed value."""
-    from kanvision.train.module import ConfigError
+    from kanvision.train.errors import ConfigError
 
     if compile not in (True, False, "auto", "true", "false"):
         raise ConfigError(f"compile must be one of auto, true, false; got {compile!r}")

@@ -17,14 +17,12 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics.classification import MulticlassAccuracy
 
+from kanvision.train.errors import ConfigError
 from kanvision.train.grid_update import update_grids
 from kanvision.models import count_parameters, kan_modules
 
 __all__ = ["ConfigError", "ImageClassifier", "WarmupCosine"]
 
-
-class ConfigError(ValueError):
-    """A run asked for something that does not exist (model, kan kind, option): the message says what."""
 
 
 class WarmupCosine(LambdaLR):
