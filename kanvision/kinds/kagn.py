@@ -253,5 +253,8 @@ KIND = Kind(
     reinit_after_host=False,  # plain Parameters and a LayerNorm (timm's init leaves LayerNorm at 1 / 0)
     impls=("fast", "reference"), fused="compiled",
     key_markers=(".grams_basis_weights", ".beta_weights", ".base_weights"),
+    # LayerNorm over the outputs after the bf16 sum: 2.35% worst gradient error measured under bf16 autocast
+    # (tests/test_kind_kagn.py, 5% bound there; gpu-check measured 2.3e-2 on norm.bias).
+    bf16_tolerance=5e-2,
     memory=lambda layer: layer.saved_floats_per_row(),
 )
