@@ -62,15 +62,14 @@ class RankProbe(L.Callback):
 
 @pytest.mark.ddp
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="its per-rank sampler check predates the unpadded evaluation shards and the "
-                   "device loader landed at the stop; to be reconciled (issues 23/25)")
 def test_ddp_two_cpu_processes(tmp_path):
     config = {
         "model": {"model": "kan_mixer_tiny_p4_32", "kan": "bspline", "model_kwargs": {"num_blocks": 1},
                   # grid updates at steps 0 and 2 (of 4): every rank must apply the same refit
                   "grid_update_every": 2, "grid_update_until": 2},
+        # loader workers: the probe reads the DataLoader's sampler (the device loader's shards: test_device_loader.py)
         "data": {"dataset": "synthetic", "batch_size": 16, "num_workers": 0, "synthetic_size": 4 * VAL_SIZE,
-                 "augment": "none"},
+                 "augment": "none", "loader": "workers"},
         "trainer": {"max_epochs": 1, "accelerator": "cpu", "devices": 2, "strategy": "ddp",
                     "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0,
                     "default_root_dir": str(tmp_path / "runs"),
@@ -203,18 +202,17 @@ def test_ddp_test_scores_each_image_exactly_once(count_run):
 
 @pytest.mark.ddp
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="Lightning's sync_dist mean divides by an integer-truncated batch total (off "
-                   "by N/(N - pad)); the fix, the stage losses as torchmetrics MeanMetric in train/module.py, is not "
-                   "wired yet (issue 25)")
 def test_ddp_test_loss_is_the_mean_over_all_images(count_run):
     """Lightning's sync_dist mean divides the summed loss by the batch sizes summed over ranks, but averages that
     integer count in place over ranks (lightning/fabric/utilities/distributed.py, _sync_ddp), which truncates:
     (5001 + 5000) / 2 -> 5000, so the logged loss is 10,001 / 10,000 of the true mean once the shares are unequal.
-    Exact when ImageClassifier logs the loss through a torchmetrics MeanMetric weighted by the batch size."""
+    ImageClassifier logs the loss through a torchmetrics MeanMetric weighted by the batch size: exact up to float32
+    summation."""
     ranks, recs = count_run
     loss = sum(r["loss_sum"] for r in recs) / N_TEST
     for r in recs:
-        assert r["loss"] == pytest.approx(loss, rel=1e-6), (
+        # rel 2e-5: float32 sums over ~100 batches (measured 1.0e-6 off); the truncation is 1e-4 (2 ranks), 2e-4 (3)
+        assert r["loss"] == pytest.approx(loss, rel=2e-5), (
             f"logged test/loss {r['loss']} vs the mean over the {N_TEST} images {loss} on {ranks} ranks")
 
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch.optim.lr_scheduler import LambdaLR
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from kanvision.train.errors import ConfigError
@@ -106,6 +107,12 @@ class ImageClassifier(L.LightningModule):
             check = stage != "train"
             setattr(self, f"{stage}_acc1", MulticlassAccuracy(num_classes, top_k=1, average="micro", validate_args=check))
             setattr(self, f"{stage}_acc5", MulticlassAccuracy(num_classes, top_k=k5, average="micro", validate_args=check))
+            if stage != "train":
+                # The evaluation loss as a mean over images, weighted by batch size and summed over ranks in float:
+                # Lightning's sync_dist mean truncates the rank-averaged batch count (5001 + 5000 images on 2 ranks
+                # divide by 2 * 5000). nan_strategy="disable": a NaN loss must reach the divergence check, not be
+                # dropped from the mean.
+                setattr(self, f"{stage}_loss", MeanMetric(nan_strategy="disable"))
         self.mixup = None
         if mixup_alpha > 0 or cutmix_alpha > 0:
             from timm.data import Mixup
@@ -187,7 +194,9 @@ class ImageClassifier(L.LightningModule):
         # "val/acc1/dataloader_idx_0", and ModelCheckpoint's monitor ("val/acc1") would never be found.
         # Each loader has its own names (val/*, train_eval/*), so nothing is averaged across the two.
         shown = stage != "train_eval"
-        self.log(f"{stage}/loss", loss, prog_bar=shown, sync_dist=True, add_dataloader_idx=False)
+        mean_loss = getattr(self, f"{stage}_loss")
+        mean_loss.update(loss.detach().float(), weight=y.shape[0])
+        self.log(f"{stage}/loss", mean_loss, prog_bar=shown, add_dataloader_idx=False)
         self.log(f"{stage}/acc1", getattr(self, f"{stage}_acc1"), prog_bar=shown, add_dataloader_idx=False)
         self.log(f"{stage}/acc5", getattr(self, f"{stage}_acc5"), add_dataloader_idx=False)
         return loss
