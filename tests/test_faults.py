@@ -111,6 +111,51 @@ def test_a_failed_write_keeps_the_old_file_and_says_the_fix(tmp_path, monkeypatc
     assert path.read_text() == "old\n" and os.listdir(tmp_path) == ["status.json"]  # no temporary file left
 
 
+LOGGER_WRITES = r"""
+import json, os, resource, signal, sys
+from pathlib import Path
+from kanvision.train.atomic import WriteError
+from kanvision.train.loggers import AppendingWriter
+
+d = Path(sys.argv[1])
+w = AppendingWriter(str(d))
+w.log_metrics({"train/loss": 2.5}, step=0)
+w.save()
+w.log_hparams({"lr": 0.001})
+csv_path, yaml_path = d / "metrics.csv", d / "hparams.yaml"
+before = {p.name: p.read_bytes() for p in (csv_path, yaml_path)}
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing us
+limit = csv_path.stat().st_size + 8
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+said = []
+for what, act in [("append", lambda: (w.log_metrics({"train/loss": 1.0 / 3}, step=1), w.save())),
+                  ("new column", lambda: (w.log_metrics({"val/acc1": 0.5}, step=2), w.save())),
+                  ("hparams", lambda: w.log_hparams({"note": "x" * 4 * limit}))]:
+    try:
+        act()
+        said.append([what, "no error"])
+    except WriteError as e:
+        said.append([what, str(e)])
+    w.metrics = []
+after = {p.name: p.read_bytes() for p in (csv_path, yaml_path)}
+print(json.dumps(dict(said=said, same=[after[k] == before[k] for k in sorted(before)],
+                      left=sorted(p.name for p in d.iterdir()))))
+"""
+
+
+def test_logger_writes_past_a_file_size_limit_keep_the_files_whole(tmp_path):
+    """metrics.csv and hparams.yaml under a real EFBIG (ulimit -f just above metrics.csv's size): a row append,
+    a rewrite for a new column and an hparams.yaml write each fail with one line, and each file is byte for
+    byte what it was (Lightning's writers would leave half a row, or a truncated table / yaml), no temp left."""
+    proc = subprocess.run([sys.executable, "-c", LOGGER_WRITES, str(tmp_path)], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for what, line in out["said"]:
+        assert re.fullmatch(r"cannot write \S+/(metrics\.csv|hparams\.yaml): file too large .* \(EFBIG\)", line), (what, line)
+    assert out["same"] == [True, True] and out["left"] == ["hparams.yaml", "metrics.csv"]
+
+
 @pytest.mark.slow
 def test_fit_past_a_file_size_limit_stops_in_one_line_and_keeps_the_checkpoints(tmp_path):
     """A real kernel refusal in a `kanvision fit` process: from epoch 1 on its files may not grow past 256 KiB

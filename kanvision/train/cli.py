@@ -16,9 +16,15 @@ def _cli_class():
     from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
     from lightning.pytorch.cli import LightningCLI
 
+    from kanvision.train.ranks import AgreeRunVersion
     from kanvision.train.runs import RunStatus
 
     class KanvisionCLI(LightningCLI):
+        def __init__(self, *args, **kwargs):
+            from kanvision.train.loggers import AtomicSaveConfig
+            kwargs.setdefault("save_config_callback", AtomicSaveConfig)  # config.yaml written atomically
+            super().__init__(*args, **kwargs)
+
         def add_arguments_to_parser(self, parser):
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
             parser.set_defaults({"checkpoint.monitor": "val/acc1", "checkpoint.mode": "max",
@@ -44,6 +50,11 @@ def _cli_class():
                 from kanvision.train.rundir import resolve_last
                 self.config[sub]["ckpt_path"] = str(resolve_last(self.config[sub].get("trainer.default_root_dir")
                                                                  or RUNS_DIR, self.config[sub].get("name")))
+            if sub and self.config[sub].get("ckpt_path"):
+                # A file handed in is data: read weights-only before Lightning unpickles it (a crafted .ckpt
+                # would otherwise run code on its load; TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 forces a full one).
+                from kanvision.hub.safe_load import check_checkpoint_file
+                check_checkpoint_file(self.config[sub]["ckpt_path"])
             before = self.config[sub].get("model") if sub else None
             before = before.clone() if before is not None else None
             super()._parse_ckpt_path()
@@ -80,6 +91,9 @@ def _cli_class():
             if cfg.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
                 callbacks.append(RichProgressBar())
             callbacks.append(RunStatus())
+            if cfg.get("logger") in (None, True) and not any(isinstance(c, AgreeRunVersion) for c in callbacks):
+                # Ranks started separately (torchrun, srun) take rank 0's run version before anything writes.
+                callbacks.insert(0, AgreeRunVersion())
             kwargs.setdefault("callbacks", callbacks)
             from kanvision.train.atomic import with_atomic_checkpoints
             kwargs.setdefault("plugins", with_atomic_checkpoints(cfg.get("plugins")))
@@ -191,17 +205,12 @@ def check_input_size(module, datamodule) -> None:
 
 def check_ckpt_classes(ckpt_path, datamodule) -> None:
     """ConfigError when a checkpoint was trained on other classes than the data has."""
-    import torch
-
-    from kanvision.train.module import ConfigError
+    from kanvision.hub.safe_load import load_checkpoint_file
 
     names = getattr(datamodule, "class_names", None)
     if not names:
         return
-    try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
-        return  # Lightning's own load reports an unreadable file
+    ckpt = load_checkpoint_file(ckpt_path, mmap=True)  # CheckpointError (one line) for an unreadable file
     record = ckpt.get("kanvision") or {}
     n = record.get("num_classes") or (ckpt.get("hyper_parameters") or {}).get("num_classes")
     check_classes(ckpt_path, n, record.get("class_names"), names)
@@ -273,10 +282,10 @@ def default_loggers(root: str, name: str, resume_from: str | None = None) -> lis
     from pathlib import Path
 
     import torch
-    from lightning.pytorch.loggers import TensorBoardLogger
     from lightning.pytorch.utilities import rank_zero_only
 
-    from kanvision.train.runs import AppendingCSVLogger, allocate_version, resume_version
+    from kanvision.train.loggers import AppendingCSVLogger, RunTensorBoardLogger
+    from kanvision.train.runs import allocate_version, resume_version
 
     version = resume_version(root, name, resume_from)
     resume_step = None
@@ -301,10 +310,10 @@ def default_loggers(root: str, name: str, resume_from: str | None = None) -> lis
                                      "--trainer.default_root_dir, or start a new version without --ckpt_path")
         _CURRENT_RUN[:] = [run_dir]
     return [AppendingCSVLogger(root, name=name, version=version, resume_step=resume_step),
-            TensorBoardLogger(root, name=name, version=version, sub_dir="tensorboard")]
+            RunTensorBoardLogger(root, name=name, version=version, sub_dir="tensorboard")]
 
 
-RUN_VERSION_ENV = "KANVISION_RUN_VERSION"
+from kanvision.train.rundir import RUN_VERSION_ENV  # noqa: E402 - one name for the variable, in a light module
 _ALLOCATED: list = []  # (run directory, whether <root>/<name> was there before), for _drop_empty_run_dirs
 _CURRENT_RUN: list = []  # this command's run directory (rank 0), for the messages of lightning_main
 

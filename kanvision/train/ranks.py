@@ -23,7 +23,7 @@ import lightning as L
 
 __all__ = ["RUN_VERSION_ENV", "AgreeRunVersion", "agree_run_version", "with_version"]
 
-RUN_VERSION_ENV = "KANVISION_RUN_VERSION"  # the name train/cli.py's default_loggers reads and sets
+from kanvision.train.rundir import RUN_VERSION_ENV  # the name train/cli.py's default_loggers reads and sets
 
 
 def with_version(logger, version):

@@ -21,9 +21,13 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["LOCK_NAME", "RESUMABLE", "RunInUse", "checkpoint_step", "lock_run_dir", "newest_resumable",
+__all__ = ["LOCK_NAME", "RUN_VERSION_ENV", "RESUMABLE", "RunInUse", "checkpoint_step", "lock_run_dir", "newest_resumable",
            "no_resumable_message", "relocate_checkpoint_states", "release_locks", "resolve_last", "resumable_checkpoints",
            "resume_hint"]
+
+# The run version rank 0 numbered, for the ranks it starts (train/cli.py default_loggers sets it, train/ranks.py
+# agrees it among ranks started separately).
+RUN_VERSION_ENV = "KANVISION_RUN_VERSION"
 
 LOCK_NAME = "run.lock"
 RESUMABLE = ("interrupted-step*.ckpt", "stopped-step*.ckpt", "last.ckpt")

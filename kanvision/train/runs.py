@@ -19,8 +19,6 @@ same state in the checkpoints written after it), so a resume with a larger max_s
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import json
 import math
 import re
@@ -31,11 +29,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.fabric.loggers.logger import rank_zero_experiment
-from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-__all__ = ["AppendingCSVLogger", "DivergedError", "RunInterrupted", "RunStatus", "allocate_version", "read_status",
+__all__ = ["DivergedError", "RunInterrupted", "RunStatus", "allocate_version", "read_status",
            "resume_version", "write_status"]
 
 STATUS_NAME = "status.json"
@@ -92,47 +87,6 @@ def resume_version(root: str | os.PathLike, name: str, ckpt_path: str | os.PathL
     if run.parent == base and run.name.startswith("version_") and run.name[len("version_"):].isdigit():
         return int(run.name[len("version_"):])
     return None
-
-
-class AppendingWriter(ExperimentWriter):
-    """Lightning's CSV writer deletes an existing metrics.csv; a resumed run keeps it and appends, after
-    dropping the rows of steps past its checkpoint (they are trained, and logged, again)."""
-
-    def __init__(self, log_dir: str, resume_step: int | None = None):
-        self.resume_step = resume_step
-        super().__init__(log_dir)
-
-    def _check_log_dir_exists(self) -> None:
-        if not self._fs.isfile(self.metrics_file_path):
-            return
-        with self._fs.open(self.metrics_file_path, "r", newline="") as f:
-            reader = csv.DictReader(f)
-            rows, self.metrics_keys = list(reader), sorted(reader.fieldnames or [])
-        if self.resume_step is not None:
-            rows = [r for r in rows if not r.get("step") or int(float(r["step"])) < self.resume_step]
-            table = io.StringIO(newline="")
-            writer = csv.DictWriter(table, fieldnames=self.metrics_keys)
-            writer.writeheader()
-            writer.writerows(rows)
-            # Replaced whole (train/atomic.py): a full disk here must not cost the run its metrics so far.
-            from kanvision.train.atomic import atomic_write_text
-            atomic_write_text(self.metrics_file_path, table.getvalue())
-
-
-class AppendingCSVLogger(CSVLogger):
-    """CSVLogger whose metrics.csv survives a resume into its run directory (see AppendingWriter)."""
-
-    def __init__(self, *args, resume_step: int | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._resume_step = resume_step
-
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> AppendingWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = AppendingWriter(self.log_dir, self._resume_step)
-        return self._experiment
 
 
 def _loss_text(x: float) -> str:
