@@ -2,6 +2,7 @@
 while a run writes, two processes for one run directory, a stopped fit resumed by name, a max_steps stop
 resumed from a copy of its run, a run whose validation outputs go non-finite, and a sweep whose options
 changed. Tiny models (one Mixer block), synthetic data, a handful of steps."""
+import csv
 import errno
 import hashlib
 import json
@@ -345,10 +346,21 @@ def test_a_sweep_reruns_a_run_whose_options_changed_into_a_new_version(tmp_path,
     assert main(argv) == 0  # unchanged now: done
     assert f"skip {old.name}: finished already" in capsys.readouterr().out
     assert not (root / "version_2").exists()
-    # The SLURM launcher's tasks know no fingerprints: it refuses a changed run instead of writing the array.
-    assert main(argv[:-2] + ["--launcher", "slurm", "--", "--model.optimizer.init_args.lr=0.5"]) == 2
-    assert re.search(r"1 run\(s\) ran before with other options \(kan-bspline_seed0: --model.optimizer.init_args.lr "
-                     r"\(0.05 -> 0.5\)", capsys.readouterr().err)
+    # The SLURM launcher records the change when it writes the array: the report shows no old result for the run
+    # meanwhile, and its array task (`--task 0`, the local launcher's rules) reruns it into a new version.
+    slurm = argv[:-2] + ["--launcher", "slurm", "--", "--model.optimizer.init_args.lr=0.5"]
+    assert main(slurm) == 0
+    assert (f"rerun {old.name} into version_2 (its array task reruns it): its options changed since it ran "
+            "(--model.optimizer.init_args.lr (0.05 -> 0.5)") in capsys.readouterr().out
+    assert main(["sweep", "--out", str(out), "--report-only"]) == 0
+    with open(out / "results.csv") as f:
+        assert {r["run"]: r["status"] for r in csv.DictReader(f)}[old.name] == "not run with its current options"
+    assert main(["sweep", "--out", str(out), "--task", "0"]) == 0
+    assert json.loads((root / "version_2" / "status.json").read_text())["status"] == "finished"
+    assert main(["sweep", "--out", str(out), "--task", "0"]) == 0  # done now: nothing runs
+    assert f"skip {old.name}: finished already" in capsys.readouterr().out and not (root / "version_3").exists()
+    assert main(["sweep", "--out", str(out), "--task", "1"]) == 2
+    assert "--task 1: the sweep at" in capsys.readouterr().err
     # One sweep at a time in a directory.
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(REPO / "kanvision" / "train" / "rundir.py"), str(out)],
                               stdout=subprocess.PIPE, text=True)

@@ -122,6 +122,7 @@ def _csv(path):
         return {r["run"]: r for r in csv.DictReader(f)}
 
 
+@pytest.mark.slow
 def test_sweep_runs_records_resumes_and_writes_slurm_array(tmp_path, capsys, monkeypatch):
     cfg, grid = _files(tmp_path)
     out = tmp_path / "sweep"
@@ -131,7 +132,7 @@ def test_sweep_runs_records_resumes_and_writes_slurm_array(tmp_path, capsys, mon
     assert main(argv + ["--launcher", "slurm"]) == 0
     assert "sbatch " + str(out / "sweep.sbatch") in capsys.readouterr().out and not (out / "runs").exists()
     script = (out / "sweep.sbatch").read_text()
-    assert "#SBATCH --array=0-3\n" in script and 'sed -n "$((SLURM_ARRAY_TASK_ID + 1))p"' in script
+    assert "#SBATCH --array=0-3\n" in script and f' sweep --out {out} --task "$SLURM_ARRAY_TASK_ID"\n' in script
     slurm_commands = (out / "commands.txt").read_text().splitlines()
     assert len(slurm_commands) == 4
 
@@ -199,7 +200,7 @@ def test_sweep_runs_records_resumes_and_writes_slurm_array(tmp_path, capsys, mon
     # The SLURM task of a finished run exits at once, as the local launcher skips it.
     task = subprocess.run(["bash", str(out / "sweep.sbatch")], env={"SLURM_ARRAY_TASK_ID": "0", "PATH": "/usr/bin:/bin"},
                           capture_output=True, text=True, timeout=60)
-    assert task.returncode == 0 and task.stdout.strip() == f"{names[0]}: done already", task.stdout + task.stderr
+    assert task.returncode == 0 and task.stdout.strip() == f"skip {names[0]}: finished already", task.stdout + task.stderr
 
     # An interrupted run resumes from its newest checkpoint, in its own directory; report-only rebuilds the table.
     run = out / "runs" / names[2]

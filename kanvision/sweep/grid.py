@@ -15,12 +15,13 @@ import json
 import re
 import shlex
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-__all__ = ["Run", "SweepError", "check_grid", "changed_options", "fingerprint", "grid_flags", "plan_runs",
+__all__ = ["FINGERPRINT_NAME", "Run", "SweepError", "check_grid", "changed_options", "fingerprint", "grid_flags", "plan_runs",
            "read_grid", "resolved_base", "run_name", "switched_class", "value_label"]
 
 SECTIONS_WITH_DICTS = {"model": ("kanvision.train.module", "ImageClassifier"), "data": ("kanvision.data.datamodule", "ImageDataModule")}
@@ -28,6 +29,9 @@ SECTIONS_WITH_DICTS = {"model": ("kanvision.train.module", "ImageClassifier"), "
 
 class SweepError(ValueError):
     """Bad sweep input; the message names the problem and the fix."""
+
+
+FINGERPRINT_NAME = "fingerprint.json"  # DIR/runs/<run>/fingerprint.json: what the run's versions ran with
 
 
 @dataclass
@@ -226,7 +230,9 @@ def resolved_base(configs: list[str], extra: list[str]) -> dict:
     args = ["fit", *[a for c in configs for a in ("--config", c)], *extra, "--print_config"]
     out, err = io.StringIO(), io.StringIO()
     code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+        # Parsed in-process while sys.argv holds the sweep's own command: Lightning warns that both are given.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
         try:
             cli_main(args)
         except SystemExit as e:

@@ -82,6 +82,18 @@ def efficiency(top1: float, best_epoch: int, params: int, intrinsic_dim: int = I
     return top1 / (best_epoch + 1) / math.log(1 + params - intrinsic_dim)
 
 
+def _first_current_version(run_root: Path) -> int:
+    """The first version_N run with the run's current options (the sweep's fingerprint.json; 0 without one)."""
+    import json
+
+    from kanvision.sweep.grid import FINGERPRINT_NAME
+
+    try:
+        return int(json.loads((run_root / FINGERPRINT_NAME).read_text()).get("from_version", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0
+
+
 def read_run(run_root: Path, intrinsic_dim: int = INTRINSIC_DIM) -> dict:
     """The measured columns of one run directory (DIR/runs/<name>)."""
     from kanvision.train.runs import read_status
@@ -89,8 +101,12 @@ def read_run(run_root: Path, intrinsic_dim: int = INTRINSIC_DIM) -> dict:
 
     row = dict.fromkeys(COLUMNS)
     version = latest_version(run_root)
+    changed = version is not None and int(version.name[len("version_"):]) < _first_current_version(run_root)
+    if changed:  # its versions ran with other options (a SLURM task not run yet since they changed): no result
+        version = None
     status = (read_status(version) if version is not None else None) or {}
-    row["status"] = status.get("status") or ("failed" if (run_root / "fit.log").is_file() else "not run")
+    row["status"] = status.get("status") or (
+        "not run with its current options" if changed else "failed" if (run_root / "fit.log").is_file() else "not run")
     row["diverged"] = row["status"] == "diverged"
     if row["status"] == "failed":
         row["error"] = status.get("error") or error_line(run_root / "fit.log")

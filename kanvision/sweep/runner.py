@@ -26,8 +26,8 @@ values, option names and types, through `kanvision fit`'s own parser) before the
 sweep at a time works in DIR (DIR/run.lock).
 A diverged run (non-finite loss: runs.RunStatus stops it) is recorded as diverged; a run failing for another
 reason is recorded with its error line and the sweep goes on; the exit status is 1 only if some run failed.
-How a grid point becomes flags and a run name: sweep_grid.py. Results: sweep_report.py (DIR/results.csv,
-.md, .png), also alone with --report-only. SLURM: sweep_slurm.py.
+How a grid point becomes flags and a run name: sweep/grid.py. Results: sweep/report.py (DIR/results.csv,
+.md, .png), also alone with --report-only. SLURM: sweep/slurm.py (each array task is `--task i`, run_task).
 """
 from __future__ import annotations
 
@@ -43,10 +43,10 @@ import threading
 import time
 from pathlib import Path
 
-from kanvision.train.rundir import RunInUse, lock_run_dir, release_locks
-
-from kanvision.sweep.grid import Run, SweepError, changed_options, check_grid, plan_runs, read_grid, resolved_base
+from kanvision.sweep.grid import (FINGERPRINT_NAME, Run, SweepError, changed_options, check_grid, plan_runs, read_grid,
+                                  resolved_base)
 from kanvision.train.atomic import WriteError, atomic_write_text
+from kanvision.train.rundir import RunInUse, lock_run_dir, release_locks
 from kanvision.train.runs import error_line, latest_version
 
 __all__ = ["main", "resume_checkpoint", "run_local"]
@@ -60,7 +60,6 @@ class SweepInterrupted(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------- one run's state
-FINGERPRINT_NAME = "fingerprint.json"
 
 
 def _version_no(path: Path | None) -> int:
@@ -99,7 +98,7 @@ def _previous(root: Path, run: Run) -> dict | None:
     return dict(run.fingerprint, from_version=0) if same else {"sha256": None}
 
 
-def _recorded(root: Path, run: Run) -> int:
+def _recorded(root: Path, run: Run, when: str = "") -> int:
     """The first version_N run with `run`'s current options; records them in fingerprint.json. A run whose
     options changed since its last start goes on in a new version (one line says which options changed)."""
     path = root / FINGERPRINT_NAME
@@ -110,8 +109,8 @@ def _recorded(root: Path, run: Run) -> int:
         return int(old.get("from_version", 0))
     start = _version_no(latest) + 1
     if old is not None and latest is not None:
-        print(f"rerun {run.name} into version_{start}: its options changed since it ran "
-              f"({changed_options(old, run.fingerprint)}); the earlier versions are kept", flush=True)
+        print(f"rerun {run.name} into version_{start}{f' ({when})' if when else ''}: its options changed since it "
+              f"ran ({changed_options(old, run.fingerprint)}); the earlier versions are kept", flush=True)
     atomic_write_text(path, json.dumps(dict(run.fingerprint, from_version=start), indent=1) + "\n")
     return start
 
@@ -173,7 +172,7 @@ def write_commands(runs: list[Run], out: Path) -> Path:
     atomic_write_text(path, "".join(shlex.join(r.command) + "\n" for r in runs))
     atomic_write_text(out / "sweep.json", json.dumps(
         {"runs": [{"name": r.name, "values": r.values, "seed": r.seed, "command": r.command,
-                   "fingerprint": r.fingerprint.get("sha256")} for r in runs]}, indent=1) + "\n")
+                   "fingerprint": r.fingerprint} for r in runs]}, indent=1) + "\n")
     return path
 
 
@@ -190,6 +189,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--intrinsic-dim", type=int, default=9000,
                    help="ID in the study's efficiency metric, acc / (best epoch + 1) / ln(1 + params - ID): its "
                         "value for CIFAR is 9000, for MNIST 750 (default 9000)")
+    p.add_argument("--task", type=int, default=None,
+                   help="run one run of the sweep at --out (0-based index into DIR/sweep.json), as a SLURM array "
+                        "task does; skipped / rerun / resumed by the same rules as the local launcher")
     p.add_argument("--report-only", action="store_true",
                    help="rebuild results.csv/.md/.png from the run directories, run nothing (the grid comes from "
                         "DIR/sweep.json when --grid is not given)")
@@ -217,7 +219,9 @@ def main(argv: list[str]) -> int:
             if not Path(c).is_file():
                 raise SweepError(f"config {c} not found: give --config the path of a fit config (e.g. "
                                  "configs/quickstart.yaml)")
-        if args.report_only and not args.grid:
+        if args.task is not None:
+            runs = []  # the task's run comes from DIR/sweep.json (run_task)
+        elif args.report_only and not args.grid:
             runs = _planned(out)
         else:
             grid = read_grid(args.grid)
@@ -227,7 +231,9 @@ def main(argv: list[str]) -> int:
     except SweepError as e:
         return _fail(str(e))
     try:
-        return _sweep(args, argv, extra, out, runs)
+        return run_task(out, args.task) if args.task is not None else _sweep(args, argv, extra, out, runs)
+    except SweepError as e:
+        return _fail(str(e))
     except WriteError as e:  # a full disk, a read-only --out: the path and the fix
         print(f"kanvision sweep: error: {e}", file=sys.stderr)
         return 1
@@ -235,17 +241,6 @@ def main(argv: list[str]) -> int:
         return _fail(str(e))
     finally:
         release_locks()
-
-
-def changed_runs(runs: list[Run], out: Path) -> list[str]:
-    """`<run>: <options changed>` for each run that ran before with other options (the SLURM launcher refuses
-    them: its array tasks know no fingerprints, and would report the old results as done)."""
-    found = []
-    for run in runs:
-        old = _previous(out / "runs" / run.name, run)
-        if old is not None and old.get("sha256") != run.fingerprint["sha256"]:
-            found.append(f"{run.name}: {changed_options(old, run.fingerprint)}")
-    return found
 
 
 def _sweep(args, argv: list[str], extra: list[str], out: Path, runs: list[Run]) -> int:
@@ -257,13 +252,11 @@ def _sweep(args, argv: list[str], extra: list[str], out: Path, runs: list[Run]) 
         print(f"wrote {out / 'results.csv'}, {out / 'results.md'}, {out / 'results.png'} ({len(rows)} runs)")
         return 0
     lock_run_dir(out, advice=": two sweeps in one --out would run the same fits at once; give another --out")
-    changed = changed_runs(runs, out) if args.launcher == "slurm" else []
-    if changed:
-        return _fail(f"{len(changed)} run(s) ran before with other options ({changed[0]}"
-                     f"{'; ...' if len(changed) > 1 else ''}): an array task would report the old result as done; "
-                     "run them with --launcher local (it reruns them into a new version), or give another --out")
     write_commands(runs, out)
     if args.launcher == "slurm":
+        for run in runs:  # options changed since a run ran: recorded now, so its task reruns it (and the report
+            if (out / "runs" / run.name).is_dir():  # shows no old result for it meanwhile)
+                _recorded(out / "runs" / run.name, run, when="its array task reruns it")
         script = write_sbatch(runs, out)
         again = shlex.join(["kanvision", "sweep", *argv, "--report-only"] + (["--", *extra] if extra else []))
         print(f"wrote {script} ({len(runs)} array tasks, one per line of {out / 'commands.txt'})\n"
@@ -291,4 +284,24 @@ def _planned(out: Path) -> list[Run]:
     except (OSError, ValueError):
         raise SweepError(f"no sweep at {out} ({out / 'sweep.json'} missing): give --grid (and the --config "
                          "files) of the sweep, or the --out it ran with") from None
-    return [Run(r["name"], r["values"], r["seed"], r["command"]) for r in plan["runs"]]
+    # An older sweep.json recorded the fingerprint's sha256 alone.
+    return [Run(r["name"], r["values"], r["seed"], r["command"],
+                r["fingerprint"] if isinstance(r.get("fingerprint"), dict) else {"sha256": r.get("fingerprint")})
+            for r in plan["runs"]]
+
+
+def run_task(out: Path, index: int) -> int:
+    """`kanvision sweep --out DIR --task I`: run I of DIR/sweep.json (0-based; a SLURM array task's
+    $SLURM_ARRAY_TASK_ID), with the local launcher's rules: skip it when done with its current options, rerun it
+    into a new version when they changed, resume it otherwise. Exit 0 for finished / done / diverged, 130 when
+    stopped by a signal (resubmit to resume), 1 when the fit failed."""
+    runs = _planned(out)
+    if not 0 <= index < len(runs):
+        raise SweepError(f"--task {index}: the sweep at {out} has runs 0..{len(runs) - 1}: give one of those "
+                         "(the array's --array=0-N must match the sweep it was written for)")
+    try:
+        outcome = run_local(runs[index], out)
+    except (KeyboardInterrupt, SweepInterrupted) as e:
+        print(f"kanvision sweep: task {index} interrupted ({e}); submit it again to resume", file=sys.stderr)
+        return 130
+    return 1 if outcome == "failed" else 0
