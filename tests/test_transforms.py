@@ -63,8 +63,9 @@ def test_same_tensor_as_the_transforms_it_replaced(width, height):
 
 
 def test_timm_center_crop_mode_would_differ_on_non_square_images():
-    # Why eval_transform forces crop_mode="squash": the exports' cfg says "center", under which timm resizes the
-    # shorter side and crops the longer one. Same on square images, not on a 40x30 one.
+    # Why eval_transform forces crop_mode="squash": exports written before kanvision's cfgs said "squash" carry
+    # timm's "center", under which timm resizes the shorter side and crops the longer one. Same on square images,
+    # not on a 40x30 one.
     from timm.data import create_transform, resolve_data_config
 
     cfg = dict(input_size=(3, 32, 32), mean=CIFAR10_MEAN, std=CIFAR10_STD, crop_pct=1.0, crop_mode="center",
@@ -103,3 +104,19 @@ def test_data_module_eval_images_are_the_old_transform_of_the_raw_images(size):
         plain, y_raw = raw[i]
         assert y == y_raw and x.shape == (3, size, size)
         assert torch.equal(x, old(plain))
+
+
+@pytest.mark.parametrize("source", ["zoo", "shipped"])
+def test_a_timm_users_own_transform_is_kanvisions(source):
+    # The cfg kanvision writes says squash / crop_pct 1 / bilinear: timm's own resolve + create_transform on a zoo
+    # model or a shipped tag (its config.json) gives kanvision's evaluation tensor on a non-square image too.
+    from timm.data import create_transform, resolve_model_data_config
+
+    if source == "zoo":
+        model = timm.create_model("kan_mixer_tiny_p4_32", num_blocks=1)
+    else:
+        model = timm.create_model("kan_mixer_tiny_p4_32.cifar10_none", pretrained=True)
+    assert model.pretrained_cfg["crop_mode"] == "squash"
+    timm_own = create_transform(**resolve_model_data_config(model), is_training=False)
+    wide = rgb(40, 30, 3)
+    assert torch.equal(timm_own(wide), eval_transform(model)(wide))

@@ -154,7 +154,7 @@ def build_config(meta: dict[str, Any], sha256: str | None = None) -> dict[str, A
     # Evaluation in kanvision's training resizes the whole image (no centre crop), bilinear as torchvision's
     # Resize: say so, so that timm's resolve_data_config/create_transform reproduce it.
     pretrained_cfg.update(mean=list(meta["mean"]), std=list(meta["std"]), num_classes=meta["num_classes"],
-                          crop_pct=1.0, crop_mode="center", interpolation="bilinear")
+                          crop_pct=1.0, crop_mode="squash", interpolation="bilinear")
     if meta.get("class_names"):
         pretrained_cfg["label_names"] = list(meta["class_names"])
     record = {k: meta.get(k) for k in ("model", "kan", "kan_hidden", "kan_kwargs", "num_classes", "model_kwargs",

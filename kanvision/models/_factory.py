@@ -263,7 +263,7 @@ def cifar_cfg(num_classes: int = 10, img_size: int = 32, **kwargs) -> dict[str, 
     """Pretrained cfg for models trained from scratch on CIFAR (no hub weights; load files with timm's overlay)."""
     mean, std = (CIFAR100_MEAN, CIFAR100_STD) if num_classes == 100 else (CIFAR10_MEAN, CIFAR10_STD)
     cfg = dict(url="", num_classes=num_classes, input_size=(3, img_size, img_size), pool_size=None,
-               crop_pct=1.0, interpolation="bilinear", mean=mean, std=std,
+               crop_pct=1.0, crop_mode="squash", interpolation="bilinear", mean=mean, std=std,
                license="apache-2.0", paper_ids="arXiv:2404.19756")
     cfg.update(kwargs)
     return cfg
