@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from kanvision.data import ImageDataModule
 from kanvision.data.images import ImageModeError, open_rgb, to_rgb, unreadable_reason
+from kanvision.data.sources import image_folder
 from kanvision.hub import checkpoints as C
 from kanvision.hub.predict import load_image, main as predict_main
 
@@ -113,9 +113,8 @@ def test_image_folder_reads_16bit_and_skips_refused_files_by_name(png16, tmp_pat
     bad = np.full((8, 8), 1000.0, dtype=np.float32)
     Image.fromarray(bad).save(root / "train" / "a" / "float.tif")
     assert "F image (32-bit float) with values 1000..1000" in unreadable_reason(str(root / "train" / "a" / "float.tif"))
-    dm = ImageDataModule("imagefolder", root=str(root), num_workers=0, img_size=16, mean=(0,) * 3, std=(1,) * 3)
     with pytest.warns(UserWarning, match=r"skipping 1 unreadable image file\(s\) of 3: a/float\.tif \(F image"):
-        ds = dm._image_folder("train", transforms.ToTensor())
+        ds = image_folder(root, "train", transforms.ToTensor())
     x, _ = ds[0]
     torch.testing.assert_close(x, torch.from_numpy(expected8(gray16())).float().div(255).expand(3, -1, -1))
 

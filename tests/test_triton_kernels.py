@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 INNER = os.environ.get("KANVISION_TRITON_INNER") == "1"  # the child process, under the interpreter
 bt = pytest.importorskip("kanvision.kinds.bspline.triton")
 rt = pytest.importorskip("kanvision.kinds.rswaf.triton")
+tc = pytest.importorskip("kanvision.kinds.triton_common")  # the launch helpers both use
 _RESULTS: dict | None = None
 
 
@@ -160,7 +161,7 @@ def test_triton_float64_matches_reference(kind, shape, spy, monkeypatch):
     """Ragged shapes (rows, inputs, outputs not multiples of the tiles, several tiles each way): the kernels'
     features are the reference's, so forward and all gradients agree to float64 rounding."""
     (n, i, o), block = SHAPES[shape]
-    monkeypatch.setattr(bt, "INTERPRETER_BLOCKS", dict.fromkeys(bt.INTERPRETER_BLOCKS, block))
+    monkeypatch.setattr(tc, "INTERPRETER_BLOCKS", dict.fromkeys(tc.INTERPRETER_BLOCKS, block))
     torch.manual_seed(1)
     fast, ref = bspline_pair(i, o) if kind == "bspline" else rswaf_pair(i, o)
     x, grad = inputs(n, i, o)

@@ -7,7 +7,6 @@ links num_classes into the model), except an image folder's mean/std, measured i
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -15,24 +14,17 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from kanvision.models._factory import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 from kanvision.train.resume import SeededAugment, SeededSampler
-from kanvision.data.images import unreadable_reason
+# The data sets themselves (kanvision.data.sources). DataError, CIFAR and IMAGE_FOLDER_SPLITS were defined here
+# before that module existed and are still imported from here: keep them in this import.
+from kanvision.data.sources import (CIFAR, IMAGE_FOLDER_SPLITS, DataError, cifar, cifar_present, cifar_split,
+                                    default_stats, fetch_cifar, folder_classes, image_folder)
 from kanvision.data.synthetic import SyntheticImages
 
 __all__ = ["DataError", "ImageDataModule", "SyntheticImages"]
 
 DATASETS = ("cifar10", "cifar100", "imagefolder", "synthetic")
 AUGMENTS = ("cifar", "deit", "convmixer", "none")
-CIFAR = {  # torchvision class, folder it unpacks to, archive, stats
-    "cifar10": ("CIFAR10", "cifar-10-batches-py", "cifar-10-python.tar.gz", CIFAR10_MEAN, CIFAR10_STD),
-    "cifar100": ("CIFAR100", "cifar-100-python", "cifar-100-python.tar.gz", CIFAR100_MEAN, CIFAR100_STD),
-}
-IMAGE_FOLDER_SPLITS = {"train": ("train",), "test": ("test", "val")}
-
-
-class DataError(RuntimeError):
-    """The requested data is not there (or not usable); the message says where we looked and what to do."""
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -105,6 +97,7 @@ class ImageDataModule(L.LightningDataModule):
             self.hparams.val_split = val_split
         self.dataset, self.root = dataset, Path(root).expanduser()
         self._mean, self._std = mean, std
+        # Image folders checked (and warned about) once per data module: kanvision.data.sources' caches.
         self._warned_absent: set[Path] = set()
         self._unreadable: dict[Path, dict[str, str]] = {}
         self.train_set = self.val_set = self.test_set = None
@@ -122,8 +115,10 @@ class ImageDataModule(L.LightningDataModule):
         if self.dataset == "synthetic":
             return [f"class_{i}" for i in range(self.hparams.synthetic_classes)]
         if self.dataset == "cifar100":
-            return self._cifar("test").classes if self._cifar_present() else [str(i) for i in range(100)]
-        return sorted(p.name for p in self._folder("train").iterdir() if p.is_dir())
+            if cifar_present(self.root, self.dataset):
+                return cifar(self.root, self.dataset, "test").classes
+            return [str(i) for i in range(100)]
+        return folder_classes(self.root)
 
     @property
     def num_classes(self) -> int:
@@ -132,7 +127,8 @@ class ImageDataModule(L.LightningDataModule):
     @property
     def mean(self) -> tuple[float, ...]:
         if self._mean is None:
-            self._mean, self._std = self._default_stats()
+            self._mean, self._std = default_stats(self.dataset, self.root, self.hparams.img_size, self.hparams.seed,
+                                                  unreadable=self._unreadable)
         return tuple(float(v) for v in self._mean)
 
     @property
@@ -140,122 +136,9 @@ class ImageDataModule(L.LightningDataModule):
         self.mean  # noqa: B018  (fills both)
         return tuple(float(v) for v in self._std)
 
-    def _default_stats(self):
-        if self.dataset in CIFAR:
-            return CIFAR[self.dataset][3:]
-        if self.dataset == "synthetic":
-            return (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-        return self._measure_folder_stats()
-
-    def _image_folder(self, split: str, transform):
-        from torchvision import datasets
-        folder = self._folder(split)
-        classes = self.class_names
-        # Every split is labelled by the training classes: indexing a split by its own folders would score a
-        # test class the model never saw as some other class, and a missing folder would shift every label.
-        class_to_idx = {c: i for i, c in enumerate(classes)}
-        if split != "train":
-            here = sorted(p.name for p in folder.iterdir() if p.is_dir())
-            unknown = [c for c in here if c not in class_to_idx]
-            if unknown:
-                raise DataError(f"imagefolder {folder}: class folder(s) {', '.join(unknown)} are not training classes "
-                                f"(train has {', '.join(classes)}); the model cannot predict them: remove them "
-                                f"from {folder} or add them to {self._folder('train')}")
-            absent = [c for c in classes if c not in here]
-            if absent and folder not in self._warned_absent:
-                self._warned_absent.add(folder)
-                from lightning.pytorch.utilities import rank_zero_warn
-                rank_zero_warn(f"imagefolder {folder}: no folder for training class(es) {', '.join(absent)}: "
-                               f"this split is scored on the other {len(classes) - len(absent)} classes only")
-            class_to_idx = {c: i for c, i in class_to_idx.items() if c in here}
-
-        class TrainIndexed(datasets.ImageFolder):
-            def find_classes(self, directory):
-                return list(classes), dict(class_to_idx)
-
-        from kanvision.data.images import open_rgb
-        try:
-            # open_rgb, not torchvision's loader (PIL's convert("RGB")): that turns a 16-bit PNG white and
-            # a float image black (kanvision.data.images).
-            ds = TrainIndexed(str(folder), transform, loader=open_rgb)
-        except FileNotFoundError as e:  # a class folder without images, or no class folders at all
-            raise DataError(f"imagefolder {folder}: {e}") from None
-        bad = self._unreadable_files(folder, [p for p, _ in ds.samples])
-        if bad:
-            ds.samples = [(p, t) for p, t in ds.samples if p not in bad]
-            ds.imgs, ds.targets = ds.samples, [t for _, t in ds.samples]
-            if not ds.samples:
-                raise DataError(f"imagefolder {folder}: none of its {len(bad)} image files is readable "
-                                f"(e.g. {next(iter(bad))}: {next(iter(bad.values()))})")
-        return ds
-
-    def _unreadable_files(self, folder: Path, paths: list[str]) -> dict[str, str]:
-        """Checked once per folder before training: a bad file found by a worker mid-epoch would end the run
-        with a traceback that does not name it, and lose the epoch. Bad files are skipped, with one warning."""
-        if folder not in self._unreadable:
-            bad = {p: why for p in paths if (why := unreadable_reason(p)) is not None}
-            self._unreadable[folder] = bad
-            if bad:
-                from lightning.pytorch.utilities import rank_zero_warn
-                listed = [f"{os.path.relpath(p, folder)} ({why})" for p, why in list(bad.items())[:10]]
-                more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
-                rank_zero_warn(f"imagefolder {folder}: skipping {len(bad)} unreadable image file(s) of "
-                               f"{len(paths)}: {', '.join(listed)}{more}")
-        return self._unreadable[folder]
-
-    def _measure_folder_stats(self, limit: int = 2000):
-        from torchvision import transforms
-        ds = self._image_folder("train", transforms.Compose(
-            [transforms.Resize((self.hparams.img_size, self.hparams.img_size)), transforms.ToTensor()]))
-        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(self.hparams.seed))[:limit]
-        x = torch.stack([ds[i][0] for i in idx.tolist()])
-        return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).tolist()
-
-    # ------------------------------------------------------------------------------- locating data
-    def _folder(self, split: str) -> Path:
-        for name in IMAGE_FOLDER_SPLITS[split]:
-            if (self.root / name).is_dir():
-                return self.root / name
-        looked = " or ".join(str(self.root / n) for n in IMAGE_FOLDER_SPLITS[split])
-        raise DataError(f"imagefolder: no {split} images at {looked}. Expected {self.root}/train/<class>/*.jpg and "
-                        f"{self.root}/test/<class>/*.jpg (or val/); point --data.root at that directory.")
-
-    def _cifar_present(self) -> bool:
-        return (self.root / CIFAR[self.dataset][1]).is_dir()
-
-    def _cifar(self, split: str, transform=None):
-        from torchvision import datasets
-        cls = getattr(datasets, CIFAR[self.dataset][0])
-        return cls(str(self.root), train=split == "train", transform=transform, download=False)
-
-    def _missing_cifar(self, reason: str) -> DataError:
-        name, folder, archive = self.dataset.upper().replace("CIFAR", "CIFAR-"), *CIFAR[self.dataset][1:3]
-        return DataError(
-            f"{name} not found: looked for {self.root / folder} (or {self.root / archive}) and {reason}. "
-            f"Either point --data.root at a directory that holds {folder}, or train on image files with "
-            f"--data.dataset imagefolder --data.root DIR (DIR/train/<class>/*, DIR/test/<class>/*).")
-
     def prepare_data(self) -> None:
-        if self.dataset not in CIFAR or self._cifar_present():
-            return
-        if not self.hparams.download:
-            raise self._missing_cifar("download is off (--data.download false)")
-        from torchvision import datasets
-        cls = getattr(datasets, CIFAR[self.dataset][0])
-        created = [p for p in (self.root, *self.root.parents) if not p.exists()]  # deepest first
-        try:
-            for train in (True, False):
-                cls(str(self.root), train=train, download=True)
-        except Exception as e:  # no network, proxy, disk: all mean the same to the user
-            # A failed download left an empty ./data (or a partial archive) behind: remove what it created.
-            if created:
-                (self.root / CIFAR[self.dataset][2]).unlink(missing_ok=True)
-                for d in created:
-                    try:
-                        d.rmdir()
-                    except OSError:  # not empty (or not ours after all): keep it
-                        break
-            raise self._missing_cifar(f"the download failed ({type(e).__name__}: {str(e)[:120]})") from None
+        if self.dataset in CIFAR:
+            fetch_cifar(self.root, self.dataset, self.hparams.download)
 
     # ------------------------------------------------------------------------------------ datasets
     def _transforms(self, train: bool):
@@ -298,13 +181,8 @@ class ImageDataModule(L.LightningDataModule):
             return SyntheticImages(n, self.hparams.synthetic_classes, self.hparams.img_size, self.hparams.seed,
                                    split_seed=0 if split == "train" else 1, transform=tf)
         if self.dataset in CIFAR:
-            if not self._cifar_present():
-                raise self._missing_cifar("prepare_data did not run or could not fetch it")
-            try:
-                return self._cifar(split, tf)
-            except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
-                raise self._missing_cifar(f"the copy there is unusable ({e})") from None
-        return self._image_folder(split, tf)
+            return cifar_split(self.root, self.dataset, split, tf)
+        return image_folder(self.root, split, tf, warned_absent=self._warned_absent, unreadable=self._unreadable)
 
     def _subset(self, ds, n: int | None, salt: int):
         if n is None or n >= len(ds):

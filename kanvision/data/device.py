@@ -99,11 +99,11 @@ def _decode(ds, img_size: int, workers: int) -> tuple[torch.Tensor, torch.Tensor
     """(images uint8 (N, 3, H, W), labels int64) of a torchvision CIFAR or ImageFolder dataset."""
     if hasattr(ds, "data") and hasattr(ds, "targets"):
         return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(ds.targets)
-    from torchvision import transforms as T
+    from kanvision.data.transforms import eval_pixels
     plain = copy.copy(ds)
-    # The eval transform's resize (T.Resize((s, s), antialias=True) on the PIL image), then the uint8 pixels
-    # T.ToTensor would divide by 255: the cache holds exactly what the DataLoader path computes from.
-    plain.transform = T.Compose([T.Resize((img_size, img_size), antialias=True), T.PILToTensor()])
+    # The evaluation transform's own resize and crop, then the uint8 pixels its to-tensor would divide by 255:
+    # the cache holds exactly what the DataLoader path computes from.
+    plain.transform = eval_pixels({"input_size": (3, img_size, img_size)})
     plain.target_transform = None
     loader = DataLoader(plain, batch_size=256, num_workers=workers, shuffle=False)
     xs, ys = zip(*loader) if len(plain) else ((torch.empty(0, 3, img_size, img_size, dtype=torch.uint8),),

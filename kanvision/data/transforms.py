@@ -5,12 +5,13 @@ torchvision resize), no crop, normalized with the training set's mean and std. I
 `timm.data.create_transform(is_training=False)` with crop_pct=1.0 and crop_mode="squash": timm resizes each side
 to floor(size / crop_pct) and centre-crops to size, which at crop_pct=1.0 crops nothing.
 
-crop_mode is forced to "squash" because the pretrained_cfg kanvision writes (models/_factory.py `cifar_cfg`,
-hub/checkpoints.py `build_config`) leaves timm's default crop_mode="center", under which timm resizes the *shorter*
-side to the input size and crops the longer one: the same tensor on a square image (so the shipped CIFAR scores
-hold either way), a different one on a 40x30 image (tests/test_transforms.py shows both). interpolation is forced
-to "bilinear" and crop_pct to 1.0 for the same reason: they are how kanvision's training evaluated, whatever a
-model's cfg says (a plain timm model in `kanvision analyze` has crop_pct 0.95 and bicubic).
+The pretrained_cfg kanvision writes (models/_factory.py `cifar_cfg`, hub/checkpoints.py `build_config`, the shipped
+config.json files) says crop_mode="squash", crop_pct=1.0 and bilinear, so a timm user's own
+`create_transform(**resolve_model_data_config(model))` gives this transform. It is still forced here: exports
+written before kanvision said "squash" carry timm's default crop_mode="center", under which timm resizes the
+*shorter* side to the input size and crops the longer one (the same tensor on a square image, a different one on
+a 40x30 image: tests/test_transforms.py shows both), and a plain timm model in `kanvision analyze` has crop_pct
+0.95 and bicubic. kanvision's training evaluated the whole image, bilinear, whatever a cfg says.
 
 Input: a PIL image, or a float (C, H, W) tensor in [0, 1] (the synthetic data set's images; timm's MaybeToTensor
 passes tensors through and torchvision's Resize resizes them, antialiased).
@@ -22,7 +23,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["EVAL_POLICY", "eval_data_config", "eval_transform"]
+__all__ = ["EVAL_POLICY", "eval_data_config", "eval_pixels", "eval_transform"]
 
 # The resize policy of kanvision's evaluation; overrides whatever the model's pretrained_cfg says.
 EVAL_POLICY = {"crop_pct": 1.0, "crop_mode": "squash", "interpolation": "bilinear"}
@@ -65,3 +66,17 @@ def eval_transform(model_or_cfg: nn.Module | Mapping[str, Any], *, img_size: int
 
     return create_transform(**eval_data_config(model_or_cfg, img_size=img_size, mean=mean, std=std),
                             is_training=False)
+
+
+def eval_pixels(model_or_cfg: nn.Module | Mapping[str, Any], *, img_size: int | Sequence[int] | None = None):
+    """The evaluation transform's resize and crop, then the uint8 pixels (PIL image -> uint8 (C, H, W) tensor)
+    that `eval_transform` would divide by 255 and normalize; arguments as `eval_data_config`.
+
+    The device loader's decoded cache (kanvision.data.device) is made with it, so the cache holds exactly the
+    pixels the DataLoader path computes from. It is timm's same pipeline with `normalize=False`, under which
+    create_transform ends in MaybePILToTensor (torchvision's pil_to_tensor, no scaling) instead of MaybeToTensor
+    and Normalize: one source for the resize policy, not a copy of it.
+    """
+    from timm.data import create_transform
+
+    return create_transform(**eval_data_config(model_or_cfg, img_size=img_size), is_training=False, normalize=False)

@@ -34,14 +34,16 @@ activations without a closed-form derivative stay on the compiled / eager kernel
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 import triton
 import triton.language as tl
-from triton.runtime.jit import JITFunction
 
 from kanvision.kinds.bspline.basis import _coefficients_exact
+# The launch helpers and tile tables are the kinds' shared ones (rswaf/triton.py uses them too). Imported here
+# by name, so bspline.triton.INTERPRETED (read by kinds/dispatch.py) and the others stay where they were.
+from kanvision.kinds.triton_common import (FORWARD_SIZES, INPUT_GRAD_SIZES, INTERPRETED, WEIGHT_GRAD_SIZES, autotuned,
+                                           configs, dot, dot_options, launch, row_splits)
 
 __all__ = ["ACTIVATIONS", "INTERPRETED", "forward", "input_grad", "weight_grad", "piece_table"]
 
@@ -141,17 +143,6 @@ def _feature(x, slot, lo_ptr, inv_h, cols, n_in, p_ptr, ORDER: tl.constexpr, ACT
 
 
 @triton.jit
-def _dot(a, b, acc, PREC: tl.constexpr, DOT_F32: tl.constexpr):
-    # Triton's interpreter (triton/runtime/interpreter.py, create_dot) multiplies bf16 operands as their uint16
-    # bit patterns; there the bf16 values go in as fp32, whose products of bf16 numbers are exact.
-    if DOT_F32:
-        out = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision=PREC)
-    else:
-        out = tl.dot(a, b, acc, input_precision=PREC)
-    return out
-
-
-@triton.jit
 def _forward_kernel(x_ptr, w_ptr, lo_ptr, ih_ptr, p_ptr, y_ptr, n_rows, n_in, n_out,
                     sxn, sxi, swo, sws, swi, syn, syo,
                     ORDER: tl.constexpr, SLOTS: tl.constexpr, ACT: tl.constexpr, PREC: tl.constexpr,
@@ -167,12 +158,12 @@ def _forward_kernel(x_ptr, w_ptr, lo_ptr, ih_ptr, p_ptr, y_ptr, n_rows, n_in, n_
         inv_h = tl.load(ih_ptr + cols, mask=cols < n_in, other=0.0)
         wm = (cols[:, None] < n_in) & (outs[None, :] < n_out)
         wp = w_ptr + outs[None, :] * swo + cols[:, None] * swi
-        acc = _dot(_act(x, ACT).to(w_ptr.dtype.element_ty), tl.load(wp, mask=wm, other=0.0), acc, PREC, DOT_F32)
+        acc = dot(_act(x, ACT).to(w_ptr.dtype.element_ty), tl.load(wp, mask=wm, other=0.0), acc, PREC, DOT_F32)
         # Runtime loops over the slots here and in the input gradient: unrolled, the compiler hoisted or sank
         # every slot's elementwise work next to the others and spilled registers (checked with cuobjdump, sm_90).
         for s in range(1, SLOTS):
             f = _spline(x, s, lo_ptr, inv_h, cols, n_in, p_ptr, ORDER, False)
-            acc = _dot(f.to(w_ptr.dtype.element_ty), tl.load(wp + s * sws, mask=wm, other=0.0), acc, PREC, DOT_F32)
+            acc = dot(f.to(w_ptr.dtype.element_ty), tl.load(wp + s * sws, mask=wm, other=0.0), acc, PREC, DOT_F32)
     ym = (rows[:, None] < n_rows) & (outs[None, :] < n_out)
     tl.store(y_ptr + rows[:, None].to(tl.int64) * syn + outs[None, :] * syo, acc.to(y_ptr.dtype.element_ty), mask=ym)
 
@@ -188,7 +179,7 @@ def _slot_grad(g_ptr, w_ptr, ih_ptr, s, rows, cols, n_rows, n_in, n_out, sgn, sg
         g = tl.load(g_ptr + rows[:, None].to(tl.int64) * sgn + outs[None, :] * sgo, mask=gm, other=0.0)
         wm = (outs[:, None] < n_out) & (cols[None, :] < n_in)
         w = tl.load(w_ptr + outs[:, None] * swo + s * sws + cols[None, :] * swi, mask=wm, other=0.0)
-        gs = _dot(g, w, gs, PREC, DOT_F32)
+        gs = dot(g, w, gs, PREC, DOT_F32)
     return gs
 
 
@@ -236,37 +227,10 @@ def _weight_grad_kernel(x_ptr, g_ptr, lo_ptr, ih_ptr, p_ptr, dw_ptr, n_rows, n_i
         f = _feature(x.to(ih_ptr.dtype.element_ty), slot, lo_ptr, inv_h, cols, n_in, p_ptr, ORDER, ACT)
         gm = (rows[:, None] < end) & (outs[None, :] < n_out)  # rows outside [start, end) read dy = 0
         g = tl.load(g_ptr + rows[:, None].to(tl.int64) * sgn + outs[None, :] * sgo, mask=gm, other=0.0)
-        acc = _dot(tl.trans(f.to(g_ptr.dtype.element_ty)), g, acc, PREC, DOT_F32)
+        acc = dot(tl.trans(f.to(g_ptr.dtype.element_ty)), g, acc, PREC, DOT_F32)
     base = (split.to(tl.int64) * SLOTS + slot) * n_in * n_out
     om = (cols[:, None] < n_in) & (outs[None, :] < n_out)
     tl.store(dw_ptr + base + cols[:, None] * n_out + outs[None, :], acc.to(dw_ptr.dtype.element_ty), mask=om)
-
-
-INTERPRETED = not isinstance(_forward_kernel, JITFunction)  # TRITON_INTERPRET=1 was set before triton's import
-
-
-def autotuned(kernel, configs: list[dict], key: list[str]):
-    """kernel under triton.autotune over `configs` ({constexpr: value, "num_warps": w, "num_stages": s}) on a GPU;
-    the plain kernel under the interpreter (autotune times configs with CUDA events)."""
-    if INTERPRETED:
-        return kernel
-    return triton.autotune([triton.Config({k: v for k, v in c.items() if k.isupper()}, num_warps=c["num_warps"],
-                                          num_stages=c["num_stages"]) for c in configs], key=key)(kernel)
-
-
-# Autotune candidates (tile rows, tile columns, K block, warps, stages), not timed on a GPU yet: chosen so that,
-# compiled for sm_90 here (triton.compile to a cubin, registers read with cuobjdump), none spills more than 192 bytes
-# per thread with bf16 operands; bigger input-gradient tiles spilled kilobytes (it holds x, dx and G_s at once).
-FORWARD_SIZES = [(128, 128, 32, 8, 3), (128, 128, 32, 8, 4), (128, 64, 32, 8, 3), (64, 128, 32, 4, 3),
-                 (64, 64, 32, 4, 4)]
-INPUT_GRAD_SIZES = [(128, 64, 32, 8, 3), (64, 128, 32, 8, 3), (64, 64, 32, 8, 3), (64, 32, 64, 4, 3),
-                    (32, 64, 64, 4, 3)]
-WEIGHT_GRAD_SIZES = [(128, 128, 32, 8, 3), (128, 64, 32, 4, 3), (64, 128, 32, 4, 3), (64, 64, 64, 4, 2),
-                     (64, 64, 32, 4, 4)]
-
-
-def configs(names: tuple[str, str, str], sizes) -> list[dict]:
-    return [{names[0]: m, names[1]: n, names[2]: k, "num_warps": w, "num_stages": s} for m, n, k, w, s in sizes]
 
 
 _FORWARD = autotuned(_forward_kernel, configs(("BLOCK_M", "BLOCK_O", "BLOCK_I"), FORWARD_SIZES), ["n_in", "n_out"])
@@ -274,42 +238,6 @@ _INPUT_GRAD = autotuned(_input_grad_kernel, configs(("BLOCK_M", "BLOCK_I", "BLOC
                         ["n_in", "n_out"])
 _WEIGHT_GRAD = autotuned(_weight_grad_kernel, configs(("BLOCK_O", "BLOCK_I", "BLOCK_N"), WEIGHT_GRAD_SIZES),
                          ["n_in", "n_out"])
-INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_O": 32, "BLOCK_I": 32}  # fewer programs: faster
-
-
-def launch(kernel, grid, args: tuple, consts: dict, blocks: dict | None):
-    """Run kernel[grid](*args, **consts): with `blocks` (or under the interpreter) at those block sizes, else with
-    the autotuner's choice. grid(meta) -> launch grid."""
-    if blocks is None and INTERPRETED:
-        blocks = INTERPRETER_BLOCKS
-    if blocks is not None:
-        meta = {k: v for k, v in blocks.items() if k in kernel.arg_names}
-        if isinstance(kernel, triton.runtime.Autotuner):  # a fixed size bypasses the autotuner
-            kernel = kernel.fn
-        return kernel[grid(meta)](*args, **consts, **meta)
-    return kernel[grid](*args, **consts)
-
-
-def dot_options(dtype: torch.dtype) -> dict:
-    """PREC (tl.dot input precision) and DOT_F32 for operands of `dtype`."""
-    tf32 = dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 and not INTERPRETED
-    return {"PREC": "tf32" if tf32 else "ieee", "DOT_F32": INTERPRETED and dtype == torch.bfloat16}
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def row_splits(device: torch.device, programs: int, n_rows: int, splits: int | None) -> int:
-    """How many row ranges the weight gradient is split into: enough programs for two waves of the GPU's
-    multiprocessors, ranges of at least 512 rows; 1 under the interpreter unless asked."""
-    if splits is not None:
-        return max(1, min(int(splits), n_rows))
-    if device.type != "cuda":
-        return 1
-    wanted = math.ceil(2 * _sm_count(device.index or 0) / max(programs, 1))
-    return max(1, min(wanted, math.ceil(n_rows / 512)))
 
 
 @functools.lru_cache(maxsize=None)

@@ -3,9 +3,9 @@
     y = B(u) W^T,   B(u)[n, i, j] = b_j(u[n, i]) = 1 - tanh((u[n, i] - c_j) / h)^2,   u = LayerNorm(x)
 
 W is the layer's `spline_linear.weight` (out, in * G), column i * G + j, read in place through strides. LayerNorm
-runs outside (the kernels take u). The tiling is the B-spline kernels' (`bspline.triton`, which also holds the
-launch helpers): the basis of each (rows, inputs) tile is evaluated in registers for one centre at a time and
-consumed by tl.dot at once, never written to memory.
+runs outside (the kernels take u). The tiling is the B-spline kernels' (`bspline.triton`; the tile tables and
+launch helpers both use are in `kinds.triton_common`): the basis of each (rows, inputs) tile is evaluated in
+registers for one centre at a time and consumed by tl.dot at once, never written to memory.
 
 - forward: program = (BLOCK_M rows, BLOCK_O outputs) of y; per input block and centre j, acc += b_j(u) W_j^T.
 - input gradient: program = (BLOCK_M, BLOCK_I) of du; per centre, G_j = dy W_j (K-loop over outputs, fp32),
@@ -23,8 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kanvision.kinds.bspline.triton import (FORWARD_SIZES, INPUT_GRAD_SIZES, INTERPRETED, WEIGHT_GRAD_SIZES, _dot,
-                                            autotuned, configs, dot_options, launch, row_splits)
+from kanvision.kinds.triton_common import (FORWARD_SIZES, INPUT_GRAD_SIZES, INTERPRETED, WEIGHT_GRAD_SIZES, autotuned,
+                                           configs, dot, dot_options, launch, row_splits)
 
 __all__ = ["INTERPRETED", "forward", "input_grad", "weight_grad"]
 
@@ -58,7 +58,7 @@ def _forward_kernel(u_ptr, w_ptr, c_ptr, ih_ptr, y_ptr, n_rows, n_in, n_out, sun
         for j in range(CENTRES):
             b = _basis(u, tl.load(c_ptr + j), inv_h, False)
             w = tl.load(w_ptr + outs[None, :] * swo + j * swj + cols[:, None] * swi, mask=wm, other=0.0)
-            acc = _dot(b.to(w_ptr.dtype.element_ty), w, acc, PREC, DOT_F32)
+            acc = dot(b.to(w_ptr.dtype.element_ty), w, acc, PREC, DOT_F32)
     ym = (rows[:, None] < n_rows) & (outs[None, :] < n_out)
     tl.store(y_ptr + rows[:, None].to(tl.int64) * syn + outs[None, :] * syo, acc.to(y_ptr.dtype.element_ty), mask=ym)
 
@@ -82,7 +82,7 @@ def _input_grad_kernel(u_ptr, g_ptr, w_ptr, c_ptr, ih_ptr, du_ptr, n_rows, n_in,
             g = tl.load(g_ptr + rows[:, None].to(tl.int64) * sgn + outs[None, :] * sgo, mask=gm, other=0.0)
             wm = (outs[:, None] < n_out) & (cols[None, :] < n_in)
             w = tl.load(w_ptr + outs[:, None] * swo + j * swj + cols[None, :] * swi, mask=wm, other=0.0)
-            gj = _dot(g, w, gj, PREC, DOT_F32)
+            gj = dot(g, w, gj, PREC, DOT_F32)
         du += gj * _basis(u, tl.load(c_ptr + j), inv_h, True)
     tl.store(du_ptr + uoff, du.to(du_ptr.dtype.element_ty), mask=um)
 
@@ -109,7 +109,7 @@ def _weight_grad_kernel(u_ptr, g_ptr, c_ptr, ih_ptr, dw_ptr, n_rows, n_in, n_out
         b = _basis(u.to(ih_ptr.dtype.element_ty), c, inv_h, False)
         gm = (rows[:, None] < end) & (outs[None, :] < n_out)  # rows outside [start, end) read dy = 0
         g = tl.load(g_ptr + rows[:, None].to(tl.int64) * sgn + outs[None, :] * sgo, mask=gm, other=0.0)
-        acc = _dot(tl.trans(b.to(g_ptr.dtype.element_ty)), g, acc, PREC, DOT_F32)
+        acc = dot(tl.trans(b.to(g_ptr.dtype.element_ty)), g, acc, PREC, DOT_F32)
     base = (split.to(tl.int64) * CENTRES + j) * n_in * n_out
     om = (cols[:, None] < n_in) & (outs[None, :] < n_out)
     tl.store(dw_ptr + base + cols[:, None] * n_out + outs[None, :], acc.to(dw_ptr.dtype.element_ty), mask=om)
