@@ -8,6 +8,7 @@ from kanvision.cli import main
 TINY = ["--model", "test_vit", "--model-kwargs", '{"img_size": 16}', "--num-classes", "3"]
 
 
+@pytest.mark.slow
 def test_hessian_cli_writes_json_and_png(tmp_path):
     res = main(["analyze", "hessian", *TINY, "--kan", "none", "--kan", "bspline", "--batch-size", "4",
                 "--top-k", "2", "--steps", "6", "--probes", "2", "--trace-probes", "3", "--maxiter", "50",
@@ -148,6 +149,7 @@ def test_throughput_of_a_timed_workload():
         assert 200 < out[key] <= 400, (key, out[key])
 
 
+@pytest.mark.slow
 def test_hessian_on_training_images_excludes_the_hold_out(tmp_path):
     """--split train: the Hessian's images are trained-on images, never the validation hold-out, which is
     scored beside them for the train-vs-validation gap; asking for more images than that is one clear line."""
@@ -196,6 +198,7 @@ def test_hessian_on_training_images_needs_a_folder_named_in_one_line(tmp_path, c
         main([*base, "--data-root", str(tmp_path)])
 
 
+@pytest.mark.slow
 def test_hessian_resume_keeps_finished_models_and_refuses_other_settings(tmp_path, capsys):
     run = ["analyze", "hessian", *TINY, "--batch-size", "4", "--top-k", "1", "--steps", "4", "--probes", "1",
            "--trace-probes", "0", "--maxiter", "30", "--bottom-k", "0", "--device", "cpu", "--out", str(tmp_path)]

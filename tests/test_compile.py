@@ -12,6 +12,7 @@ import kanvision  # noqa: F401  registers the zoo
 from kanvision.train.grid_update import grid_layers, update_grids
 from kanvision.cli import main
 from kanvision.kinds import compile as kcompile
+from marks import slow_after
 
 FAMILIES = [("kan_mixer_tiny_p4_32", dict(num_blocks=1)), ("kan_convmixer_256_8", dict(depth=1)),
             ("kan_deit_tiny_patch4_32", dict(depth=1))]
@@ -56,7 +57,7 @@ def test_whole_model_compile_matches_eager_without_graph_breaks(name, extra, kin
     assert counters["stats"]["unique_graphs"] == 1
 
 
-@pytest.mark.parametrize("kind", ["bspline", "rswaf"])
+@pytest.mark.parametrize("kind", slow_after(["rswaf", "bspline"]))
 @pytest.mark.parametrize("compile_kernels", [True, False])
 def test_whole_model_trace_with_and_without_kernel_compile(kind, compile_kernels):
     # aot_eager: the same dynamo + autograd tracing as inductor, without code generation (cheap).
@@ -67,6 +68,7 @@ def test_whole_model_trace_with_and_without_kernel_compile(kind, compile_kernels
     assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
 
 
+@pytest.mark.slow
 def test_two_compiled_models_interleaved_keep_their_own_buffers():
     # Once a B-spline and an RSWAF model shared scratch memory that a compiled backward still needed: run both
     # forwards before either backward, as a GAN / distillation loop would, and compare with eager.
@@ -85,6 +87,7 @@ def test_two_compiled_models_interleaved_keep_their_own_buffers():
             assert torch.allclose(p.grad, w[n], rtol=1e-4, atol=1e-6), n
 
 
+@pytest.mark.slow
 def test_compiled_model_follows_a_grid_update():
     # The uniform-grid flag is Python state: a grid update recompiles once, then the general kernel is traced.
     name, extra = FAMILIES[0]

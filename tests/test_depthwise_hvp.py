@@ -51,6 +51,7 @@ def test_only_plain_depthwise_convs_are_taken():
     assert not is_depthwise(nn.Conv2d(4, 4, 3))
 
 
+@pytest.mark.slow
 def test_hessian_operator_takes_the_path_and_keeps_h_v(monkeypatch):
     torch.manual_seed(0)
     model = timm.create_model("kan_convmixer_128_8_p4", kan="bspline", dim=8, depth=2, num_classes=3).double()

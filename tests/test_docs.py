@@ -35,6 +35,7 @@ def site(tmp_path_factory):
     return out, done
 
 
+@pytest.mark.slow
 def test_mkdocs_build_strict_has_no_warning(site):
     out, done = site
     log = done.stdout + done.stderr
@@ -73,6 +74,7 @@ if failed:
 """
 
 
+@pytest.mark.slow
 def test_marked_python_blocks_of_the_docs_run(tmp_path):
     """Each marked block in a fresh namespace, all in one interpreter (one import of torch, timm, kanvision)."""
     blocks = [(f"docs/{page.relative_to(DOCS)}:{b.line}", b.code) for page in sorted(DOCS.rglob("*.md"))

@@ -12,6 +12,7 @@ from kanvision.kinds.bspline import local as bspline_local
 from kanvision.kinds.rswaf import fast as rswaf_fast
 from kanvision.kinds.compile import compile_failures
 from kanvision.kinds.workspace import release_scratch, scratch, scratch_bytes
+from marks import slow_after
 
 
 def pair(cls, *args, **kwargs):
@@ -86,7 +87,7 @@ def test_layer_detects_uniform_and_non_uniform_grids():
 
 
 @pytest.mark.parametrize("order", [1, 2, 3])
-@pytest.mark.parametrize("grid_size", [3, 5, 10])
+@pytest.mark.parametrize("grid_size", slow_after([3, 5, 10]))
 @pytest.mark.parametrize("uniform", [True, False])
 def test_gradcheck_float64_against_reference(order, grid_size, uniform):
     torch.manual_seed(order * 10 + grid_size)

@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -11,6 +13,7 @@ def dry(tmp_path, only):
                            "12", "--only", only], cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_dry_run_plans_checks_benchmarks_trainings_and_parses_a_recipe(tmp_path):
     proc = dry(tmp_path, "check/*,bench/layers,train/kan_convmixer_256_8.cifar10_none_seed1")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -25,6 +28,7 @@ def test_dry_run_plans_checks_benchmarks_trainings_and_parses_a_recipe(tmp_path)
     assert "3 jobs; 0 problems" in out
 
 
+@pytest.mark.slow
 def test_dry_run_of_an_empty_selection_says_so(tmp_path):
     proc = dry(tmp_path, "nothing/matches")
     assert proc.returncode == 0 and "0 jobs; 0 problems" in proc.stdout

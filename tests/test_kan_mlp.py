@@ -12,6 +12,7 @@ from torch import nn
 import kanvision.layers as kl
 from kanvision.kinds import get_kind, kind_names
 from kanvision.layers import BSplineKAN, KanMlp, RSWAFKAN, kan_mlp_layer
+from marks import slow_after
 
 
 def test_public_names():
@@ -90,7 +91,7 @@ def test_dropout_and_norm_follow_timm():
     assert torch.equal(mlp(x), mlp(x))
 
 
-@pytest.mark.parametrize("kind", kind_names())
+@pytest.mark.parametrize("kind", slow_after(kind_names(), 2))
 def test_plugs_into_timm_blocks_unchanged(kind):
     torch.manual_seed(1)
     # 8 tokens: the token MLP is a KAN layer too, and GR-KAN splits its channels into 8 groups.

@@ -287,6 +287,7 @@ torch.save(out, sys.argv[2])
 """
 
 
+@pytest.mark.slow
 def test_triton_kernels_under_the_interpreter(tmp_path):
     """grkan_triton's forward/backward on CPU tensors (TRITON_INTERPRET=1 in a subprocess) against the formula,
     with masked tiles (group sizes 3 and 24, row counts not multiples of the tile), both sharing layouts, bf16."""

@@ -22,6 +22,7 @@ from kanvision.kinds import Kind, available_kinds, get_kind, kind_names, kind_of
 from kanvision.kinds import registry
 from kanvision.kinds.scripting import TorchScriptUnsupported
 from kanvision.models import count_parameters
+from marks import slow_after
 
 KINDS = list(kind_names())
 ZOO = [("kan_mixer_tiny_p4_32", dict(num_blocks=1)), ("kan_convmixer_256_8", dict(depth=1)),
@@ -122,7 +123,7 @@ def test_state_dict_round_trip(kind):
     assert torch.equal(a(x), b(x))
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", slow_after(KINDS, 2))
 def test_torch_compile_traces_without_graph_breaks(kind):
     """fullgraph=True fails on any graph break (a host read such as .item(), data-dependent Python); aot_eager
     runs AOTAutograd's forward and backward graphs without inductor's compile time (test_compile.py runs it)."""
@@ -255,7 +256,7 @@ def test_match_params_sizes_an_mlp_within_one_percent(kind):
     assert abs(a - b) <= 0.01 * a, (a, b)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", slow_after(KINDS))
 @pytest.mark.parametrize("name,extra", ZOO, ids=[z[0] for z in ZOO])
 def test_every_zoo_model_builds_and_runs_with_every_kind(name, extra, kind):
     torch.manual_seed(0)

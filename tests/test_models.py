@@ -14,6 +14,7 @@ from kanvision.layers import BSplineKAN, RSWAFKAN
 from kanvision.kinds import get_kind, kind_names
 from kanvision.models import checkpoint_filter_fn, count_parameters, kan_modules
 from kanvision.analysis.params import main as params_main
+from marks import slow_after
 
 ZOO = [
     "kan_mixer_tiny_p4_32", "kan_mixer_small_p4_32", "kan_mixer_base_p4_32",
@@ -99,7 +100,7 @@ def test_kan_options_reach_the_layers(tiny_model):
     assert len(kan_modules(meta_model("kan_convmixer_256_8", kan="bspline", kan_hidden=64))) == 16
 
 
-@pytest.mark.parametrize("name", ["kan_mixer_tiny_p4_32", "kan_deit_tiny_patch16_224", "kan_convmixer_256_8"])
+@pytest.mark.parametrize("name", slow_after(["kan_mixer_tiny_p4_32", "kan_deit_tiny_patch16_224", "kan_convmixer_256_8"]))
 @pytest.mark.parametrize("kind", [k for k in kind_names() if get_kind(k).match_params])
 def test_match_params_within_one_percent(name, kind):
     kan = n_params(meta_model(name, kan=kind, num_classes=100))
@@ -113,7 +114,7 @@ def test_match_params_within_one_percent(name, kind):
 # Every registered model x kind, one block each (tiny_model: the block code is the same at every depth), keeping
 # the real widths, so no parameter anywhere in the zoo's structure can miss its gradient.
 @pytest.mark.parametrize("name", ZOO)
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", slow_after(KINDS, 2))
 def test_every_parameter_gets_a_gradient(name, kind, tiny_model):
     torch.manual_seed(0)
     model = tiny_model(name, kind, num_classes=3)

@@ -12,6 +12,7 @@ from kanvision.train.module import ImageClassifier
 from kanvision.kinds.bspline import dense as bspline_dense
 from kanvision.kinds.bspline import local as bspline_local
 from kanvision.kinds.bspline.basis import b_spline_basis, uniform_knots
+from marks import slow_after
 
 # Relative to the largest float32 value: one rounding of features and weights to the format's 8 (bf16) or
 # 11 (fp16) significant bits, accumulated in float32 by the matmul, stays well inside these.
@@ -43,7 +44,7 @@ def rel(a, b):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("compile", [False, True])
+@pytest.mark.parametrize("compile", slow_after([False, True]))
 @pytest.mark.parametrize("kind,updated", [("bspline", False), ("bspline", True), ("rswaf", False)])
 def test_autocast_matches_float32(kind, updated, compile, dtype):
     layer = make(kind, compile, updated)

@@ -9,6 +9,7 @@ import pytest
 import timm
 
 from cifar_jpeg import default_archive, score_test_subset, fixed_test_subset
+from marks import slow_after
 
 MANIFEST = Path(__file__).resolve().parent.parent / "checkpoints" / "manifest.json"
 ENTRIES = json.loads(MANIFEST.read_text())["entries"] if MANIFEST.is_file() else []
@@ -28,7 +29,7 @@ def test_subset_is_fixed_and_balanced(archive):
     assert list(labels) == [k for k in range(10) for _ in range(50)] and images[0].size == (32, 32)
 
 
-@pytest.mark.parametrize("entry", ENTRIES, ids=[e["tag"] for e in ENTRIES])
+@pytest.mark.parametrize("entry", slow_after(ENTRIES, 2), ids=[e["tag"] for e in ENTRIES])
 def test_shipped_weights_score_as_recorded(entry, archive, monkeypatch):
     monkeypatch.delenv("KANVISION_CHECKPOINTS", raising=False)  # this checkout's checkpoints/
     model = timm.create_model(entry["tag"], pretrained=True)

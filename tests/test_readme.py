@@ -137,6 +137,7 @@ def test_the_skipped_shell_blocks_are_exactly_the_known_ones():
 
 
 @pytest.mark.parametrize("block", [b for b in BLOCKS if b.lang in ("python", "bash")], ids=lambda b: b.id)
+@pytest.mark.slow
 def test_block_runs_as_printed(block, session):
     if block.lang == "bash" and not block.run:
         first = block.code.splitlines()[0].split("  #")[0].strip()
@@ -159,6 +160,7 @@ def fit_commands(blocks: list[Block]) -> list[list[str]]:
     return commands
 
 
+@pytest.mark.slow
 def test_skipped_training_commands_parse_with_print_config():
     """Each option and config file of the training commands is accepted (LightningCLI prints the resolved config
     and exits before building anything); one interpreter parses all of them."""
