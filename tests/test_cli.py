@@ -1,5 +1,6 @@
 """`kanvision fit|validate|test` through the real LightningCLI, on synthetic data and a one-block Mixer."""
 import math
+import csv
 import re
 from pathlib import Path
 
@@ -26,7 +27,8 @@ def run_dir(root: Path, name: str) -> Path:
 
 
 def test_fit_writes_a_complete_run(tmp_path, capsys, write_config):
-    main(["fit", "--config", write_config(tmp_path), f"--trainer.default_root_dir={tmp_path}", "--name=t"])
+    main(["fit", "--config", write_config(tmp_path), f"--trainer.default_root_dir={tmp_path}", "--name=t",
+          "--trainer.log_every_n_steps=1"])
     out = capsys.readouterr().out
     assert re.search(r"val: top-1 \d\.\d{4}  top-5 \d\.\d{4}", out)
     assert "in KAN layers" in out
@@ -34,6 +36,12 @@ def test_fit_writes_a_complete_run(tmp_path, capsys, write_config):
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["model"]["kan"] == "bspline" and saved["data"]["dataset"] == "synthetic"
     assert (run / "metrics.csv").read_text().startswith("epoch") and any((run / "tensorboard").iterdir())
+    # Lightning's LearningRateMonitor: each parameter group's learning rate at every logged step, the config's lr
+    with open(run / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("lr-AdamW/pg1")]
+    assert len(rows) >= 3 and all(r["lr-AdamW/pg1"] == r["lr-AdamW/pg2"] for r in rows)  # one schedule, 2 groups
+    assert float(rows[0]["lr-AdamW/pg1"]) == saved["model"]["optimizer"]["init_args"]["lr"]  # step 0: the base lr
+    assert not list(run.rglob(".*.tmp-*"))  # config.yaml, hparams.yaml, metrics.csv: renamed into place
     hparams = (run / "hparams.yaml").read_text()
     assert "params/kan" in hparams and "params/total" in hparams
     last = run / "checkpoints" / "last.ckpt"

@@ -179,11 +179,6 @@ class ImageClassifier(L.LightningModule):
         self.log("train/acc5", self.train_acc5, on_step=False, on_epoch=True)
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        # train/images_per_s (and FLOP/s, MFU) come from kanvision.train.callbacks.TrainThroughput.
-        if self.trainer.optimizers:
-            self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
-
     def _eval_step(self, batch, stage: str):
         x, y = batch
         logits = self.model(x)
@@ -215,10 +210,18 @@ class ImageClassifier(L.LightningModule):
     def configure_callbacks(self):
         # Part of the training, not of one CLI: any Trainer fitting this module resumes exactly. Not again
         # when the same Trainer tests after fitting (Lightning would announce it replaced the first one).
+        # Lightning's LearningRateMonitor logs each parameter group's learning rate every step (lr-<Optimizer>/pg1,
+        # /pg2: the decayed and the not-decayed group), where a logger records it; train/images_per_s (and FLOP/s,
+        # MFU) come from TrainThroughput.
+        from lightning.pytorch.callbacks import LearningRateMonitor
+
         from kanvision.train.callbacks import FastStep, TrainThroughput
         from kanvision.train.resume import ExactResume
         have = self.trainer.callbacks if self._trainer is not None else []
-        return [c() for c in (ExactResume, TrainThroughput, FastStep) if not any(isinstance(h, c) for h in have)]
+        logged = self._trainer is not None and bool(self.trainer.loggers)
+        wanted = [ExactResume, TrainThroughput, FastStep] + ([LearningRateMonitor] if logged else [])
+        made = {LearningRateMonitor: lambda: LearningRateMonitor(logging_interval="step")}
+        return [made.get(c, c)() for c in wanted if not any(isinstance(h, c) for h in have)]
 
     def parameter_groups(self) -> list[dict]:
         """timm's weight-decay grouping, as DeiT's recipe: biases, norms and other 1-D parameters, and what the
