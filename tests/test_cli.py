@@ -230,7 +230,7 @@ def test_checkpoint_with_other_classes_than_the_data_is_one_line(tmp_path, bspli
                         r"class_3, \.\.\. \(10 in all\)\) but the data has 3 \(class_0, class_1, class_2\): give the "
                         r"data it was trained on .*", str(e.value.code)), e.value.code
     from kanvision.data.datamodule import ImageDataModule
-    from kanvision.train.cli import check_ckpt_classes
+    from kanvision.train.checks import check_ckpt_classes
     from kanvision.train.module import ConfigError
     renamed = ImageDataModule("synthetic")  # 10 classes, as trained, under other names
     with pytest.MonkeyPatch.context() as mp:
