@@ -14,7 +14,7 @@ from PIL import Image
 from kanvision.data.augment import crop_flip, draw_crop_flip
 from kanvision.data.datamodule import DataError, ImageDataModule
 from kanvision.data.device import TrainBatches, choose_loader
-from kanvision.train.resume import SeededSampler
+from kanvision.data.sampling import SeededSampler
 
 
 def _module(loader, **kw):

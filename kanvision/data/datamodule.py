@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from kanvision.train.resume import SeededAugment, SeededSampler
+from kanvision.data.sampling import SeededAugment, SeededSampler
 # The data sets themselves (kanvision.data.sources). DataError, CIFAR and IMAGE_FOLDER_SPLITS were defined here
 # before that module existed and are still imported from here: keep them in this import.
 from kanvision.data.sources import (CIFAR, IMAGE_FOLDER_SPLITS, DataError, cifar, cifar_present, cifar_split,

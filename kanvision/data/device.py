@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from kanvision.data.augment import (DEVICE_AUGMENTS, crop_flip, crop_padding, draw_crop_flip, normalize, resize,
                                     to_unit_float)
-from kanvision.train.resume import SeededSampler, sample_seed
+from kanvision.data.sampling import SeededSampler, sample_seed
 
 __all__ = ["CACHE_VERSION", "FIT_FRACTION", "LOADERS", "DeviceData", "EvalBatches", "TrainBatches", "base_indices",
            "choose_loader", "load_or_build"]
