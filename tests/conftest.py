@@ -5,9 +5,20 @@
   images on the CPU (FIT_CONFIG), `section__key=value` overriding a key; returns the file's path.
 - `saved_floats(layer, x)`: floats autograd keeps for the backward of `layer(x)` (parameters not counted), the
   quantity a kind's `memory` model predicts per row.
+- KAN kernels run eager in the suite (KANVISION_COMPILE=0, set below before kanvision is imported, and inherited
+  by the CLI subprocesses). Inductor compiles each kernel variant with the C++ compiler on first use: about 240
+  variants, which took the fast suite from 4 to 10.5 minutes on a fresh 2-core machine (cold compile cache).
+  The compiled kernels are checked where compilation is the subject: those tests take the `compiled_kernels`
+  fixture (the automatic choice back on for that test). A test that asks a layer for compile=True without it
+  fails: the "asked to compile ... run eager" warning is an error in the suite (pyproject filterwarnings).
+  `KANVISION_COMPILE=1 pytest` runs the whole suite with compiled kernels, as a user's CPU run has them.
 """
+import os
+
 import pytest
 import yaml
+
+os.environ.setdefault("KANVISION_COMPILE", "0")
 
 FIT_CONFIG = {
     "model": {"model": "kan_mixer_tiny_p4_32", "kan": "bspline", "model_kwargs": {"num_blocks": 1}},
@@ -72,3 +83,25 @@ def saved_floats():
         return sum(seen.values())
 
     return count
+
+
+@pytest.fixture
+def compiled_kernels(monkeypatch):
+    """The KAN kernels compiled where they can be (the product's default, KANVISION_COMPILE unset) for one test."""
+    from kanvision.kinds.compile import compile_supported
+
+    monkeypatch.delenv("KANVISION_COMPILE", raising=False)
+    compile_supported.cache_clear()
+    yield
+    monkeypatch.undo()
+    compile_supported.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def _each_refused_compile_warns():
+    """kinds/compile.py warns once per process about a compile=True it cannot honour; in the suite, once per test,
+    so the filterwarnings error above catches every test that asks for compiled kernels without the fixture."""
+    yield
+    from kanvision.kinds import compile as kcompile
+
+    kcompile._TOLD.clear()

@@ -14,6 +14,9 @@ from kanvision.cli import main
 from kanvision.kinds import compile as kcompile
 from marks import slow_after
 
+# Compilation is the subject here: the KAN kernels compile as in a user's run (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("compiled_kernels")
+
 FAMILIES = [("kan_mixer_tiny_p4_32", dict(num_blocks=1)), ("kan_convmixer_256_8", dict(depth=1)),
             ("kan_deit_tiny_patch4_32", dict(depth=1))]
 

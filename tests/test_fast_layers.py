@@ -170,7 +170,7 @@ def test_switches_and_kan_mlp_forwarding():
 
 
 @pytest.mark.slow
-def test_compile_switch_matches_reference_or_warns_once():
+def test_compile_switch_matches_reference_or_warns_once(compiled_kernels):
     torch.manual_seed(6)
     fast, ref = pair(BSplineKAN, 5, 3, compile=True)
     x = torch.randn(40, 5) * 1.5
@@ -236,7 +236,7 @@ def test_rswaf_switches_and_trainable_basis_fallback():
 
 
 @pytest.mark.slow
-def test_rswaf_compile_switch_matches_reference():
+def test_rswaf_compile_switch_matches_reference(compiled_kernels):
     torch.manual_seed(9)
     fast, ref = pair(RSWAFKAN, 5, 3, compile=True)
     with warnings.catch_warnings(record=True) as caught:
@@ -247,7 +247,7 @@ def test_rswaf_compile_switch_matches_reference():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("order", [1, 2, 3])
-def test_compiled_bspline_kernels_float32_within_1e6_including_outside(order):
+def test_compiled_bspline_kernels_float32_within_1e6_including_outside(order, compiled_kernels):
     # The compiled kernels evaluate each dense element from its own knot (no gather): same 1e-6 bar as eager.
     torch.manual_seed(order)
     grid = uniform_knots(6, 5, order, (-1, 1), dtype=torch.float32)
@@ -275,7 +275,7 @@ def test_compiled_bspline_kernels_float32_within_1e6_including_outside(order):
 
 
 @pytest.mark.slow
-def test_compiled_rswaf_kernels_match_tanh_form():
+def test_compiled_rswaf_kernels_match_tanh_form(compiled_kernels):
     torch.manual_seed(3)
     u = torch.randn(500, 7, dtype=torch.float64) * 3
     centres, inv_h = torch.linspace(-2, 2, 8, dtype=torch.float64), torch.tensor(1 / 0.33, dtype=torch.float64)

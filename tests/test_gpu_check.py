@@ -15,7 +15,7 @@ def rows_of(markdown: str) -> list[list[str]]:
 
 
 @pytest.mark.slow
-def test_cpu_subset_prints_one_table_and_passes(tmp_path, capsys):
+def test_cpu_subset_prints_one_table_and_passes(tmp_path, capsys, compiled_kernels):
     out = tmp_path / "check.md"
     assert main(["gpu-check", "--device", "cpu", "--quick", "--out", str(out)]) == 0
     printed = capsys.readouterr().out

@@ -194,7 +194,7 @@ def test_bad_arguments(args, kwargs, match):
 
 
 @pytest.mark.slow
-def test_compiled_kernels_and_torch_compile_equal_eager():
+def test_compiled_kernels_and_torch_compile_equal_eager(compiled_kernels):
     torch.manual_seed(27)
     eager = ChebyKANLayer(16, 12, compile=False)
     kernels = ChebyKANLayer(16, 12, compile=True)

@@ -251,7 +251,7 @@ def test_bad_arguments(kwargs, match):
 
 
 @pytest.mark.slow
-def test_compiled_kernels_and_torch_compile_equal_eager():
+def test_compiled_kernels_and_torch_compile_equal_eager(compiled_kernels):
     torch.manual_seed(16)
     eager = FastKANLayer(16, 12, compile=False)
     kernels = FastKANLayer(16, 12, compile=True)

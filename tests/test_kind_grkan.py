@@ -257,7 +257,7 @@ def test_torch_compile_of_the_mlp_equals_eager():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_compiled_kernels_equal_the_eager_ones():
+def test_compiled_kernels_equal_the_eager_ones(compiled_kernels):
     act = random_rational(16, 4, dtype=torch.float32)
     x = torch.randn(33, 16, requires_grad=True)
     grads = {}

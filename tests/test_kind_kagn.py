@@ -253,7 +253,7 @@ def test_bad_arguments(args, kwargs, match):
 
 
 @pytest.mark.slow
-def test_compiled_kernels_and_torch_compile_equal_eager():
+def test_compiled_kernels_and_torch_compile_equal_eager(compiled_kernels):
     torch.manual_seed(36)
     eager = KAGNLayer(16, 12, compile=False)
     with torch.no_grad():
