@@ -10,6 +10,9 @@ and the public alternative when there is one:
     train/module.py   LightningModule._trainer  (public: `self._trainer` is what `self.trainer` raises on when unset)
     hub/checkpoints   ModelCheckpoint.state_key's text ("ModelCheckpoint{'monitor': ...}"), read to find the best file
                       "_orig_mod." state-dict prefix of torch.compile's wrapper (stripped from loaded weights)
+    train/loggers.py  ExperimentWriter._check_log_dir_exists (overridden: it deletes metrics.csv), its _fs;
+                      CSVLogger._experiment / _fs (the experiment property, as Lightning's own); SaveConfigCallback.setup
+                      forming the file's path from self.config_filename (AtomicSaveConfig points it at a temp name)
     kinds/compile.py  torch._dynamo.maybe_mark_dynamic, torch._dynamo.eval_frame._debug_get_cache_entry_list
     kinds/bspline     Tensor._version (in-place version counter), nn.Module._apply / _load_from_state_dict hooks
 
@@ -31,6 +34,22 @@ def test_lightning_cli_private_methods():
 
     assert list(inspect.signature(LightningCLI._parse_ckpt_path).parameters) == ["self"]
     assert list(inspect.signature(LightningCLI._get).parameters)[:4] == ["self", "config", "key", "default"]
+
+
+def test_csv_writer_logger_and_save_config_internals(tmp_path):
+    from lightning.pytorch.cli import SaveConfigCallback
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.fabric.loggers.csv_logs import _ExperimentWriter as FabricWriter
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    assert issubclass(ExperimentWriter, FabricWriter)
+    assert "self._check_log_dir_exists()" in inspect.getsource(FabricWriter.__init__)
+    writer = ExperimentWriter(str(tmp_path / "w"))
+    assert hasattr(writer, "_fs") and writer.NAME_HPARAMS_FILE == "hparams.yaml" and writer.hparams == {}
+    logger = CSVLogger(str(tmp_path))
+    assert logger._experiment is None and hasattr(logger, "_fs")
+    setup = inspect.getsource(SaveConfigCallback.setup)
+    assert "os.path.join(log_dir, self.config_filename)" in setup and "self.already_saved" in setup
 
 
 def test_training_epoch_loop_validation_check():
