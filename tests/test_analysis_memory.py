@@ -48,7 +48,9 @@ def test_mlp_saves_its_linear_inputs_and_tanh_output():
 
 
 @pytest.mark.parametrize("compile", [False, None])
-def test_fast_bspline_saves_only_its_input(compile):
+def test_fast_bspline_saves_only_its_input(compile, request):
+    if compile is None:  # the automatic choice: compiled kernels where they can be, as in a user's run
+        request.getfixturevalue("compiled_kernels")
     # The fast layer's promise: backward keeps x (N x 12) and rebuilds the features. With the Linear(10, 12) in
     # front, the Linear keeps its input (N x 10) and the KAN layer keeps the Linear's output (N x 12).
     model = nn.Sequential(nn.Linear(10, 12), BSplineKAN(12, 16, compile=compile))
