@@ -17,8 +17,8 @@ import errno
 import os
 from pathlib import Path
 
-__all__ = ["DISK_ERRNOS", "WriteError", "atomic_write", "atomic_write_bytes", "atomic_write_text",
-           "checkpoint_io_class", "disk_error", "with_atomic_checkpoints", "write_error_line"]
+__all__ = ["DISK_ERRNOS", "WriteError", "atomic_write", "atomic_write_bytes", "atomic_write_path", "atomic_write_text",
+           "checkpoint_io_class", "disk_error", "tmp_name", "with_atomic_checkpoints", "write_error_line"]
 
 # The errors a user fixes outside the program: room, limits, permissions. Others (EIO...) stay as they are.
 DISK_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
@@ -68,7 +68,8 @@ def disk_error(error: BaseException, path=None) -> WriteError | None:
     return None
 
 
-def _tmp_name(path: Path) -> Path:
+def tmp_name(path: Path) -> Path:
+    """The temporary name beside `path` that a write goes to before its rename (hidden, per process)."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
@@ -99,31 +100,49 @@ class _Recording:
         return getattr(self._f, name)
 
 
-def atomic_write(path, write) -> Path:
-    """`write(f)` into a temporary file beside `path` (a binary file object), fsync, rename over `path`.
+def atomic_write_path(path, write_to) -> Path:
+    """`write_to(tmp)` writes the temporary file beside `path` by its name (for a library that opens the file
+    itself), then fsync and rename over `path`.
 
     On any error the temporary file is removed and `path` is untouched; disk errors become WriteError."""
     path = Path(path)
-    tmp = _tmp_name(path)
-    f = None
+    tmp = tmp_name(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as raw:
-            f = _Recording(raw)
-            write(f)
-            raw.flush()
-            os.fsync(raw.fileno())
+        write_to(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        # torch.save reports a failed write as a RuntimeError of its own: the OSError under it says why.
-        found = disk_error(e, path) or (disk_error(f.error, path) if f is not None and f.error else None)
+        found = disk_error(e, path)
         if found is not None:
             raise found from None
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def atomic_write(path, write) -> Path:
+    """`write(f)` into a temporary file beside `path` (a binary file object), fsync, rename over `path`
+    (atomic_write_path, with the same guarantees)."""
+    def write_to(tmp: Path) -> None:
+        with open(tmp, "wb") as raw:
+            f = _Recording(raw)
+            try:
+                write(f)
+            except BaseException as e:
+                # torch.save reports a failed write as a RuntimeError of its own: the OSError under it says why.
+                found = disk_error(e, path) or (disk_error(f.error, path) if f.error else None)
+                if found is not None:
+                    raise found from None
+                raise
+
+    return atomic_write_path(path, write_to)
 
 
 def atomic_write_bytes(path, data: bytes) -> Path:

@@ -29,34 +29,14 @@ from lightning.pytorch.core.saving import save_hparams_to_yaml
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-from kanvision.train.atomic import atomic_write_text, disk_error
+from kanvision.train.atomic import atomic_write_path, atomic_write_text, disk_error, tmp_name
 
 __all__ = ["AppendingCSVLogger", "AppendingWriter", "AtomicSaveConfig", "RunTensorBoardLogger", "write_hparams_yaml"]
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def _replace_from_tmp(path: Path, write) -> None:
-    """`write(tmp)` then rename tmp over `path`; the temporary file removed and `path` untouched on any error
-    (a disk error becomes train/atomic.py's one-line WriteError)."""
-    tmp = _tmp(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        found = disk_error(e, path)
-        if found is not None:
-            raise found from None
-        raise
-
-
 def write_hparams_yaml(path, hparams) -> None:
     """Lightning's hparams.yaml (save_hparams_to_yaml: the same content), replaced atomically."""
-    _replace_from_tmp(Path(path), lambda tmp: save_hparams_to_yaml(str(tmp), hparams))
+    atomic_write_path(path, lambda tmp: save_hparams_to_yaml(str(tmp), hparams))
 
 
 def _table(keys, rows) -> str:
@@ -155,7 +135,7 @@ class AtomicSaveConfig(SaveConfigCallback):
             return super().setup(trainer, pl_module, stage)
         log_dir = Path(trainer.log_dir)  # a collective under DDP: every rank asks
         final = self.config_filename
-        self.config_filename = _tmp(log_dir / final).name
+        self.config_filename = tmp_name(log_dir / final).name
         try:
             super().setup(trainer, pl_module, stage)
             if trainer.is_global_zero:
