@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["FINGERPRINT_NAME", "Run", "SweepError", "check_grid", "changed_options", "fingerprint", "grid_flags", "plan_runs",
+__all__ = ["FINGERPRINT_NAME", "Run", "first_current_version", "recorded_fingerprint", "SweepError", "check_grid", "changed_options", "fingerprint", "grid_flags", "plan_runs",
            "read_grid", "resolved_base", "run_name", "switched_class", "value_label"]
 
 SECTIONS_WITH_DICTS = {"model": ("kanvision.train.module", "ImageClassifier"), "data": ("kanvision.data.datamodule", "ImageDataModule")}
@@ -32,6 +32,24 @@ class SweepError(ValueError):
 
 
 FINGERPRINT_NAME = "fingerprint.json"  # DIR/runs/<run>/fingerprint.json: what the run's versions ran with
+
+
+def recorded_fingerprint(run_root: Path) -> dict | None:
+    """DIR/runs/<run>/fingerprint.json: the options the run's versions ran with, and from_version, the first
+    version_N run with them; None when absent or unreadable."""
+    try:
+        found = json.loads((Path(run_root) / FINGERPRINT_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def first_current_version(run_root: Path) -> int:
+    """The first version_N run with the run's current options (0 without a fingerprint)."""
+    try:
+        return int((recorded_fingerprint(run_root) or {}).get("from_version", 0))
+    except (TypeError, ValueError):
+        return 0
 
 
 @dataclass

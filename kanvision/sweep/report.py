@@ -82,26 +82,15 @@ def efficiency(top1: float, best_epoch: int, params: int, intrinsic_dim: int = I
     return top1 / (best_epoch + 1) / math.log(1 + params - intrinsic_dim)
 
 
-def _first_current_version(run_root: Path) -> int:
-    """The first version_N run with the run's current options (the sweep's fingerprint.json; 0 without one)."""
-    import json
-
-    from kanvision.sweep.grid import FINGERPRINT_NAME
-
-    try:
-        return int(json.loads((run_root / FINGERPRINT_NAME).read_text()).get("from_version", 0))
-    except (OSError, ValueError, TypeError, AttributeError):
-        return 0
-
-
 def read_run(run_root: Path, intrinsic_dim: int = INTRINSIC_DIM) -> dict:
     """The measured columns of one run directory (DIR/runs/<name>)."""
     from kanvision.train.runs import read_status
-    from kanvision.train.runs import error_line, latest_version
+    from kanvision.sweep.grid import first_current_version
+    from kanvision.train.runs import error_line, latest_version, version_number
 
     row = dict.fromkeys(COLUMNS)
     version = latest_version(run_root)
-    changed = version is not None and int(version.name[len("version_"):]) < _first_current_version(run_root)
+    changed = version is not None and version_number(version) < first_current_version(run_root)
     if changed:  # its versions ran with other options (a SLURM task not run yet since they changed): no result
         version = None
     status = (read_status(version) if version is not None else None) or {}

@@ -44,10 +44,10 @@ import time
 from pathlib import Path
 
 from kanvision.sweep.grid import (FINGERPRINT_NAME, Run, SweepError, changed_options, check_grid, plan_runs, read_grid,
-                                  resolved_base)
+                                  recorded_fingerprint, resolved_base)
 from kanvision.train.atomic import WriteError, atomic_write_text
 from kanvision.train.rundir import RunInUse, lock_run_dir, release_locks
-from kanvision.train.runs import error_line, latest_version
+from kanvision.train.runs import error_line, latest_version, version_number
 
 __all__ = ["main", "resume_checkpoint", "run_local"]
 
@@ -62,16 +62,12 @@ class SweepInterrupted(RuntimeError):
 # ------------------------------------------------------------------------------------- one run's state
 
 
-def _version_no(path: Path | None) -> int:
-    return int(path.name[len("version_"):]) if path is not None else -1
-
-
 def run_status(run_root: Path, min_version: int = 0) -> dict | None:
     """The status of the run's newest version, if that version is one of the current options (>= min_version)."""
     from kanvision.train.runs import read_status
 
     latest = latest_version(run_root)
-    return read_status(latest) if latest is not None and _version_no(latest) >= min_version else None
+    return read_status(latest) if latest is not None and version_number(latest) >= min_version else None
 
 
 def resume_checkpoint(run_root: Path, min_version: int = 0) -> Path | None:
@@ -85,10 +81,9 @@ def resume_checkpoint(run_root: Path, min_version: int = 0) -> Path | None:
 def _previous(root: Path, run: Run) -> dict | None:
     """The fingerprint the run's versions were run with (None: never run). A run by a kanvision without
     fingerprints has its command.txt: the same command counts as the same fingerprint."""
-    try:
-        return json.loads((root / FINGERPRINT_NAME).read_text())
-    except (OSError, ValueError):
-        pass
+    found = recorded_fingerprint(root)
+    if found is not None:
+        return found
     if latest_version(root) is None:
         return None
     try:
@@ -107,7 +102,7 @@ def _recorded(root: Path, run: Run, when: str = "") -> int:
         if not path.is_file():
             atomic_write_text(path, json.dumps(old, indent=1) + "\n")
         return int(old.get("from_version", 0))
-    start = _version_no(latest) + 1
+    start = version_number(latest) + 1
     if old is not None and latest is not None:
         print(f"rerun {run.name} into version_{start}{f' ({when})' if when else ''}: its options changed since it "
               f"ran ({changed_options(old, run.fingerprint)}); the earlier versions are kept", flush=True)

@@ -314,7 +314,12 @@ class RunStatus(L.Callback):
 def latest_version(run_root: Path) -> Path | None:
     """The run's highest-numbered version_N directory (numeric order, not lexical), or None."""
     versions = [p for p in run_root.glob("version_*") if p.name[len("version_"):].isdigit()]
-    return max(versions, key=lambda p: int(p.name[len("version_"):]), default=None)
+    return max(versions, key=version_number, default=None)
+
+
+def version_number(path: Path | None) -> int:
+    """N of a version_N directory; -1 for None (no version yet)."""
+    return int(path.name[len("version_"):]) if path is not None else -1
 
 
 def error_line(log: Path) -> str:
