@@ -16,7 +16,7 @@ import triton.language as tl
 from triton.runtime.jit import JITFunction
 
 __all__ = ["FORWARD_SIZES", "INPUT_GRAD_SIZES", "INTERPRETED", "INTERPRETER_BLOCKS", "WEIGHT_GRAD_SIZES", "autotuned",
-           "configs", "dot", "dot_options", "launch", "row_splits"]
+           "autotuned_kernels", "configs", "dot", "dot_options", "launch", "row_splits"]
 
 
 @triton.jit
@@ -56,6 +56,15 @@ WEIGHT_GRAD_SIZES = [(128, 128, 32, 8, 3), (128, 64, 32, 4, 3), (64, 128, 32, 4,
 
 def configs(names: tuple[str, str, str], sizes) -> list[dict]:
     return [{names[0]: m, names[1]: n, names[2]: k, "num_warps": w, "num_stages": s} for m, n, k, w, s in sizes]
+
+
+def autotuned_kernels(forward, input_grad, weight_grad) -> tuple:
+    """A kind's three kernels (forward, input gradient, weight gradient) under autotune over the shared tile tables,
+    keyed on the layer's widths. Their block axes: forward (rows, outputs, inputs), input gradient (rows, inputs,
+    outputs), weight gradient (outputs, inputs, rows)."""
+    return (autotuned(forward, configs(("BLOCK_M", "BLOCK_O", "BLOCK_I"), FORWARD_SIZES), ["n_in", "n_out"]),
+            autotuned(input_grad, configs(("BLOCK_M", "BLOCK_I", "BLOCK_O"), INPUT_GRAD_SIZES), ["n_in", "n_out"]),
+            autotuned(weight_grad, configs(("BLOCK_O", "BLOCK_I", "BLOCK_N"), WEIGHT_GRAD_SIZES), ["n_in", "n_out"]))
 
 
 INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_O": 32, "BLOCK_I": 32}  # fewer programs: faster

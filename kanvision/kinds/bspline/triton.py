@@ -40,10 +40,9 @@ import triton
 import triton.language as tl
 
 from kanvision.kinds.bspline.basis import _coefficients_exact
-# The launch helpers and tile tables are the kinds' shared ones (rswaf/triton.py uses them too). Imported here
-# by name, so bspline.triton.INTERPRETED (read by kinds/dispatch.py) and the others stay where they were.
-from kanvision.kinds.triton_common import (FORWARD_SIZES, INPUT_GRAD_SIZES, INTERPRETED, WEIGHT_GRAD_SIZES, autotuned,
-                                           configs, dot, dot_options, launch, row_splits)
+# The launch helpers and tile tables are the kinds' shared ones (rswaf/triton.py uses them too). INTERPRETED is
+# imported by name, so bspline.triton.INTERPRETED (read by kinds/dispatch.py) stays where it was.
+from kanvision.kinds.triton_common import INTERPRETED, autotuned_kernels, dot, dot_options, launch, row_splits
 
 __all__ = ["ACTIVATIONS", "INTERPRETED", "forward", "input_grad", "weight_grad", "piece_table"]
 
@@ -233,11 +232,7 @@ def _weight_grad_kernel(x_ptr, g_ptr, lo_ptr, ih_ptr, p_ptr, dw_ptr, n_rows, n_i
     tl.store(dw_ptr + base + cols[:, None] * n_out + outs[None, :], acc.to(dw_ptr.dtype.element_ty), mask=om)
 
 
-_FORWARD = autotuned(_forward_kernel, configs(("BLOCK_M", "BLOCK_O", "BLOCK_I"), FORWARD_SIZES), ["n_in", "n_out"])
-_INPUT_GRAD = autotuned(_input_grad_kernel, configs(("BLOCK_M", "BLOCK_I", "BLOCK_O"), INPUT_GRAD_SIZES),
-                        ["n_in", "n_out"])
-_WEIGHT_GRAD = autotuned(_weight_grad_kernel, configs(("BLOCK_O", "BLOCK_I", "BLOCK_N"), WEIGHT_GRAD_SIZES),
-                         ["n_in", "n_out"])
+_FORWARD, _INPUT_GRAD, _WEIGHT_GRAD = autotuned_kernels(_forward_kernel, _input_grad_kernel, _weight_grad_kernel)
 
 
 @functools.lru_cache(maxsize=None)

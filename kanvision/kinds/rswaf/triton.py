@@ -23,8 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kanvision.kinds.triton_common import (FORWARD_SIZES, INPUT_GRAD_SIZES, INTERPRETED, WEIGHT_GRAD_SIZES, autotuned,
-                                           configs, dot, dot_options, launch, row_splits)
+from kanvision.kinds.triton_common import INTERPRETED, autotuned_kernels, dot, dot_options, launch, row_splits
 
 __all__ = ["INTERPRETED", "forward", "input_grad", "weight_grad"]
 
@@ -115,12 +114,8 @@ def _weight_grad_kernel(u_ptr, g_ptr, c_ptr, ih_ptr, dw_ptr, n_rows, n_in, n_out
     tl.store(dw_ptr + base + cols[:, None] * n_out + outs[None, :], acc.to(dw_ptr.dtype.element_ty), mask=om)
 
 
-# The B-spline kernels' autotune candidates (see there).
-_FORWARD = autotuned(_forward_kernel, configs(("BLOCK_M", "BLOCK_O", "BLOCK_I"), FORWARD_SIZES), ["n_in", "n_out"])
-_INPUT_GRAD = autotuned(_input_grad_kernel, configs(("BLOCK_M", "BLOCK_I", "BLOCK_O"), INPUT_GRAD_SIZES),
-                        ["n_in", "n_out"])
-_WEIGHT_GRAD = autotuned(_weight_grad_kernel, configs(("BLOCK_O", "BLOCK_I", "BLOCK_N"), WEIGHT_GRAD_SIZES),
-                         ["n_in", "n_out"])
+# The tile tables the B-spline kernels use too (kinds/triton_common.py).
+_FORWARD, _INPUT_GRAD, _WEIGHT_GRAD = autotuned_kernels(_forward_kernel, _input_grad_kernel, _weight_grad_kernel)
 
 
 def _tables(u: torch.Tensor, centres: torch.Tensor, inv_h: torch.Tensor):
