@@ -218,10 +218,10 @@ class ImageClassifier(L.LightningModule):
         from kanvision.train.callbacks import FastStep, TrainThroughput
         from kanvision.train.resume import ExactResume
         have = self.trainer.callbacks if self._trainer is not None else []
-        logged = self._trainer is not None and bool(self.trainer.loggers)
-        wanted = [ExactResume, TrainThroughput, FastStep] + ([LearningRateMonitor] if logged else [])
-        made = {LearningRateMonitor: lambda: LearningRateMonitor(logging_interval="step")}
-        return [made.get(c, c)() for c in wanted if not any(isinstance(h, c) for h in have)]
+        wanted = {ExactResume: ExactResume, TrainThroughput: TrainThroughput, FastStep: FastStep}
+        if self._trainer is not None and self.trainer.loggers:
+            wanted[LearningRateMonitor] = lambda: LearningRateMonitor(logging_interval="step")
+        return [make() for cls, make in wanted.items() if not any(isinstance(h, cls) for h in have)]
 
     def parameter_groups(self) -> list[dict]:
         """timm's weight-decay grouping, as DeiT's recipe: biases, norms and other 1-D parameters, and what the
